@@ -1,0 +1,7 @@
+"""Shared fixtures. Tests that need torch live at the top level; tests/runtime must pass without torch."""
+
+import os
+import warnings
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+warnings.filterwarnings("ignore", message=".*has not been tested with coremltools.*")
