@@ -1,0 +1,1 @@
+"""One module per `nsr-edge` sub-command group (see cli.py)."""
