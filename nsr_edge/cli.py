@@ -18,6 +18,8 @@ from .errors import UserError
 COMMAND_MODULES = (
     "catalog",  # models, info
     "import_checkpoint",
+    "train",
+    "evaluate",  # eval, zoo, upscale, denoise, deblock
 )
 
 

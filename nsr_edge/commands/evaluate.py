@@ -1,0 +1,176 @@
+"""`nsr-edge eval`, `zoo`, and the end-user commands `upscale`, `denoise`, `deblock`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ._common import print_json
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return lambda name: (lambda items: tqdm(items, desc=name, unit="img", leave=False, file=sys.stderr))
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="PSNR/SSIM on standard sets or a folder, through the deployment tiling")
+    p.add_argument("--model", help="zoo id or checkpoint (omit with --method)")
+    p.add_argument("--method", choices=("bicubic", "identity"),
+                   help="non-learned baseline: bicubic upscaling, or the degraded input itself")
+    p.add_argument("--dataset", nargs="*", default=[], help="set names (default: the task's standard sets)")
+    p.add_argument("--dataset-dir", nargs="*", default=[], help="folders of HR/clean images (degraded by us)")
+    p.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
+    p.add_argument("--task", choices=("sr", "denoise", "jpeg"))
+    p.add_argument("--scale", type=int)
+    p.add_argument("--noise", type=float, help="noise sigma on the 0..255 scale")
+    p.add_argument("--jpeg", type=int, dest="quality", help="JPEG quality")
+    p.add_argument("--image-channels", type=int, choices=(1, 3), help="1: gray evaluation, 3: colour")
+    p.add_argument("--tile", type=int, help="fixed tile side (default: the reference 48 px scheme)")
+    p.add_argument("--per-image", action="store_true", help="also list every image")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("zoo", help="the trained models we ship, with their measured numbers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_zoo)
+
+    for name, task, helptext in (("upscale", "sr", "super-resolve an image"),
+                                 ("denoise", "denoise", "remove Gaussian noise from an image"),
+                                 ("deblock", "jpeg", "remove JPEG artifacts from an image")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("input")
+        p.add_argument("output", help="PNG/JPEG/BMP path (16-bit PNG in keeps 16 bit; alpha is kept)")
+        p.add_argument("--model", help=f"zoo id or checkpoint (default: the zoo's {task} model)")
+        p.add_argument("--tile", type=int, default=64, help="tile side (default 64)")
+        p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+        p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger inputs (default 100)")
+        p.set_defaults(func=cmd_restore, task=task)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .. import hub
+    from ..evaluate import EvalTarget, evaluate_sets, method_restorer, model_restorer, resolve_task, task_of
+    from ..runtime.tiling import REFERENCE, deploy_spec
+
+    if bool(args.model) == bool(args.method):
+        raise UserError("give exactly one of --model or --method")
+    base = None
+    if args.model:
+        resolved = hub.resolve(args.model, require_trained=True)
+        base = task_of(resolved)
+    task = resolve_task(base, args.task, args.scale, args.noise, args.quality, args.image_channels)
+    if args.model:
+        if resolved.config.channels != task.channels or resolved.config.scale != task.scale:
+            raise UserError(f"{args.model} is a {resolved.config.channels}-channel x{resolved.config.scale} model; "
+                            f"it cannot run the {task.label} task")
+        spec = deploy_spec(args.tile) if args.tile else REFERENCE
+        target = EvalTarget(resolved.id, model_restorer(resolved.build(), task.scale, spec))
+    else:
+        target = EvalTarget(args.method, method_restorer(args.method, task))
+    sets = args.dataset or ([] if args.dataset_dir else list(task.eval_sets))
+    results = evaluate_sets(target, task, sets, args.dataset_dir, args.data_dir, _progress(not args.json))
+    if args.json:
+        out = {"model": target.label, "task": task.to_dict(), "results": [r.summary() for r in results]}
+        if args.per_image:
+            for row, r in zip(out["results"], results):
+                row["per_image"] = [i.to_dict() for i in r.images]
+        print_json(out)
+        return 0
+    print(f"{target.label} on {task.label}")
+    print(f"{'dataset':<12} {'images':>6} {'PSNR-Y':>8} {'SSIM-Y':>8} {'PSNR-RGB':>9}")
+    for r in results:
+        s = r.summary()
+        print(f"{s['dataset']:<12} {s['images']:>6} {s['psnr_y']:>8.3f} {s['ssim_y']:>8.4f} {s['psnr_rgb']:>9.3f}")
+        if args.per_image:
+            for i in r.images:
+                print(f"  {i.name:<30} {i.psnr_y:>8.3f} {i.ssim_y:>8.4f} {i.psnr_rgb:>9.3f}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from .. import hub
+
+    models = [hub.zoo_card(i) for i in hub.zoo_ids()]
+    if args.json:
+        print_json({"models": models})
+        return 0
+    if not models:
+        print("the zoo is empty")
+        return 0
+    print(f"{'id':<34} {'task':<8} {'arch':<9} {'params':>8} {'MACs/px':>8}  results (PSNR-Y)")
+    for m in models:
+        res = ", ".join(f"{r['dataset']} {r['psnr_y']:.2f}" for r in m.get("results", []))
+        print(f"{m['id']:<34} {m['task']:<8} {m['arch']:<9} {m['params']:>8,} {m['macs_per_pixel']:>8,.0f}  {res}")
+    return 0
+
+
+def default_zoo_model(task: str) -> str:
+    from .. import hub
+
+    preferred = {"sr": "nsr_sr_x2", "denoise": "nsr_denoise_s25_gray", "jpeg": "nsr_jpeg_q10_gray"}[task]
+    if preferred in hub.zoo_ids():
+        return preferred
+    raise UserError(f"no default {task} model in the zoo ({preferred}); pass --model")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Any size, gray/RGB/RGBA (alpha kept), 8/16-bit PNG, JPEG, BMP. The model sees gray or RGB as it was trained."""
+    import numpy as np
+
+    from .. import hub
+    from ..evaluate import model_restorer, task_of
+    from ..runtime import images
+    from ..runtime.metrics import rgb_to_y8
+    from ..runtime.tiling import deploy_spec
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite")
+    resolved = hub.resolve(args.model or default_zoo_model(args.task), require_trained=True)
+    task = task_of(resolved)
+    if task is not None and task.name != args.task:
+        raise UserError(f"{resolved.id} is a {task.label} model, not for `nsr-edge {args.command}`")
+    try:
+        img = images.load_image(args.input, max_pixels=int(args.max_megapixels * 1e6))
+    except images.ImageError as e:
+        raise UserError(str(e)) from None
+    data = img.data
+    chroma = None
+    if resolved.config.channels == 1 and data.shape[0] == 3:
+        # A gray model restores luma; chroma is carried over (upscaled for SR) unchanged.
+        y = rgb_to_y8(images.to_uint8(data)).astype(np.float32)[None] / 255.0
+        chroma, data = data, y
+    elif resolved.config.channels == 3 and data.shape[0] == 1:
+        data = np.repeat(data, 3, axis=0)
+    scale = resolved.config.scale
+    restore = model_restorer(resolved.build(), scale, deploy_spec(args.tile), batch_size=16)
+    result = restore(data)
+    if chroma is not None:
+        result = _merge_luma(result[0], chroma, scale)
+    try:
+        images.save_image(out, np.clip(result, 0, 1), like=img, force=args.force)
+    except images.ImageError as e:
+        raise UserError(str(e)) from None
+    print(f"{args.input} ({img.width}x{img.height} {img.mode}) -> {out} "
+          f"({result.shape[2]}x{result.shape[1]}) with {resolved.id}")
+    return 0
+
+
+def _merge_luma(y: "np.ndarray", rgb: "np.ndarray", scale: int) -> "np.ndarray":
+    """Replace the BT.601 luma of ``rgb`` (CHW, [0, 1]) by the restored ``y`` (HW, [0, 1], 8-bit Y scale)."""
+    import numpy as np
+
+    from ..runtime.imresize import imresize
+
+    if scale > 1:
+        rgb = np.stack([imresize(c.astype(np.float64), scale) for c in rgb]).astype(np.float32)
+    r, g, b = rgb
+    y_old = (16 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    delta = (y - y_old) * 255.0 / (65.481 + 128.553 + 24.966)
+    return np.clip(rgb + delta[None], 0, 1)

@@ -1,0 +1,103 @@
+"""`nsr-edge train`: train an NSR model or a dense baseline on the standard training sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import UserError
+from ._common import add_architecture_options, architecture_overrides
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (reference recipe; resumable; CPU, CUDA, or torchrun DDP)",
+                       description="Train with the reference recipe: L1 loss, Adam, multi-step decay, random crops "
+                       "with flips and transpose. Multi-GPU: torchrun --nproc_per_node N -m nsr_edge.cli train ...")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log); must be new unless --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--model", default="wdsr_nsr", help="preset or architecture to train (default wdsr_nsr)")
+    p.add_argument("--task", choices=("sr", "denoise", "jpeg"), default="sr")
+    p.add_argument("--noise", type=float, default=0.0, help="denoising: sigma on the 0..255 scale")
+    p.add_argument("--quality", type=int, default=0, help="JPEG deblocking: quality 1..100")
+    p.add_argument("--dataset", help="training set name (default: the task's standard set)")
+    p.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--patch-size", type=int, default=48, help="input (LR) patch side")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--milestones", type=float, nargs="*", default=[2 / 3, 5 / 6],
+                   help="fractions of --steps where the learning rate is multiplied by --lr-decay")
+    p.add_argument("--lr-decay", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning, same architecture)")
+    g = p.add_argument_group("routing (NSR models)")
+    g.add_argument("--routing", choices=("softmax", "sigmoid", "gumbel", "straight_through"))
+    g.add_argument("--temperature", type=float, help="fixed softmax temperature")
+    g.add_argument("--learnable-temperature", action="store_true")
+    g.add_argument("--normalize-logits", action="store_true", help="standardise routing logits over the banks")
+    g.add_argument("--pool-grid", type=int, help="route on a g x g grid of pooled sub-patches (default 1)")
+    g.add_argument("--shared-routing", action="store_true", help="route both convs of a block from its input")
+    g.add_argument("--sparsity", default="{}",
+                   help='JSON sparsity options, e.g. \'{"temperature": [1, 0.05, 0.75], "load_balance": 0.01}\'')
+    add_architecture_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _routing_overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    if args.routing:
+        out["kind"] = args.routing
+    if args.temperature is not None:
+        out["temperature"] = args.temperature
+    if args.learnable_temperature:
+        out["learnable_temperature"] = True
+    if args.normalize_logits:
+        out["normalize_logits"] = True
+    if args.pool_grid:
+        out["pool_grid"] = args.pool_grid
+    if args.shared_routing:
+        out["shared"] = True
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .. import hub
+    from ..runtime.tasks import TaskSpec
+    from ..train import TrainConfig, describe, train
+
+    if args.resume:
+        path = train(None, args.out, resume=True)  # the config comes from the checkpoint
+        print(f"done: {path}")
+        return 0
+    resolved = hub.resolve(args.model, architecture_overrides(args))
+    if resolved.trained:
+        raise UserError("--model names an architecture or preset; to fine-tune a trained model use --init-from")
+    config = resolved.config
+    routing = _routing_overrides(args)
+    if routing:
+        if not config.is_sparse:
+            raise UserError("routing options apply to NSR (sparse) models only")
+        config = config.with_(routing=replace(config.routing, **routing))
+    scale = config.scale if args.task == "sr" else 1
+    if args.task != "sr" and config.scale != 1:
+        config = config.with_(scale=1)
+    task = TaskSpec(args.task, scale=scale, noise=args.noise, quality=args.quality, channels=config.channels)
+    try:
+        sparsity = json.loads(args.sparsity)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--sparsity is not valid JSON: {e}") from None
+    cfg = TrainConfig(
+        task=task, model=config, dataset=args.dataset, steps=args.steps, batch_size=args.batch_size,
+        patch_size=args.patch_size, lr=args.lr, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
+        data_dir=args.data_dir, init_from=args.init_from, sparsity=sparsity,
+    )
+    print(describe(cfg))
+    path = train(cfg, args.out)
+    print(f"done: {path}")
+    return 0
