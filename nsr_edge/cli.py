@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "import_checkpoint",
     "train",
     "evaluate",  # eval, zoo, upscale, denoise, deblock
+    "visualize",  # visualize-routing
 )
 
 
