@@ -12,7 +12,6 @@ import argparse
 import datetime
 import json
 import platform
-import shutil
 import sys
 from pathlib import Path
 

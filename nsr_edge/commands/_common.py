@@ -26,3 +26,16 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
 def architecture_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("scale", "blocks", "width", "width_multiplier", "banks", "cardinality", "channels")
     return {k: getattr(args, k, None) for k in keys}
+
+
+def tile_spec(tile: int | None, pad: int = 4):
+    """The reference 48 px scheme when no tile is given, else fixed deploy tiles; bad sizes are a user error."""
+    from ..errors import UserError
+    from ..runtime.tiling import REFERENCE, deploy_spec
+
+    if tile is None:
+        return REFERENCE
+    try:
+        return deploy_spec(tile, pad)
+    except ValueError as e:
+        raise UserError(f"--tile {tile}: {e}") from None

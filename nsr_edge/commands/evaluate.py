@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
-from ._common import print_json
+from ._common import print_json, tile_spec
 
 
 def _progress(enabled: bool):
@@ -56,8 +58,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .. import hub
     from ..evaluate import EvalTarget, evaluate_sets, method_restorer, model_restorer, resolve_task, task_of
-    from ..runtime.tiling import REFERENCE, deploy_spec
-
     if bool(args.model) == bool(args.method):
         raise UserError("give exactly one of --model or --method")
     base = None
@@ -69,8 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if resolved.config.channels != task.channels or resolved.config.scale != task.scale:
             raise UserError(f"{args.model} is a {resolved.config.channels}-channel x{resolved.config.scale} model; "
                             f"it cannot run the {task.label} task")
-        spec = deploy_spec(args.tile) if args.tile else REFERENCE
-        target = EvalTarget(resolved.id, model_restorer(resolved.build(), task.scale, spec))
+        target = EvalTarget(resolved.id, model_restorer(resolved.build(), task.scale, tile_spec(args.tile)))
     else:
         target = EvalTarget(args.method, method_restorer(args.method, task))
     sets = args.dataset or ([] if args.dataset_dir else list(task.eval_sets))
@@ -121,14 +120,10 @@ def default_zoo_model(task: str) -> str:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Any size, gray/RGB/RGBA (alpha kept), 8/16-bit PNG, JPEG, BMP. The model sees gray or RGB as it was trained."""
-    import numpy as np
-
     from .. import hub
     from ..evaluate import model_restorer, task_of
     from ..runtime import images
     from ..runtime.metrics import rgb_to_y8
-    from ..runtime.tiling import deploy_spec
-
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite")
@@ -141,18 +136,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except images.ImageError as e:
         raise UserError(str(e)) from None
     data = img.data
-    chroma = None
+    chroma, back_to_gray = None, False
     if resolved.config.channels == 1 and data.shape[0] == 3:
         # A gray model restores luma; chroma is carried over (upscaled for SR) unchanged.
         y = rgb_to_y8(images.to_uint8(data)).astype(np.float32)[None] / 255.0
         chroma, data = data, y
     elif resolved.config.channels == 3 and data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
+        back_to_gray = True
     scale = resolved.config.scale
-    restore = model_restorer(resolved.build(), scale, deploy_spec(args.tile), batch_size=16)
+    restore = model_restorer(resolved.build(), scale, tile_spec(args.tile), batch_size=16)
     result = restore(data)
     if chroma is not None:
         result = _merge_luma(result[0], chroma, scale)
+    if back_to_gray:  # a gray input stays gray (the RGB model saw R = G = B)
+        result = result.mean(0, keepdims=True)
     try:
         images.save_image(out, np.clip(result, 0, 1), like=img, force=args.force)
     except images.ImageError as e:
@@ -162,10 +160,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge_luma(y: "np.ndarray", rgb: "np.ndarray", scale: int) -> "np.ndarray":
+def _merge_luma(y: np.ndarray, rgb: np.ndarray, scale: int) -> np.ndarray:
     """Replace the BT.601 luma of ``rgb`` (CHW, [0, 1]) by the restored ``y`` (HW, [0, 1], 8-bit Y scale)."""
-    import numpy as np
-
     from ..runtime.imresize import imresize
 
     if scale > 1:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ._common import tile_spec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from .. import hub
     from ..runtime import images
-    from ..runtime.tiling import deploy_spec
     from ..visualize import render, routing_maps
 
     out = Path(args.out)
@@ -39,7 +39,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         data = data.repeat(3, axis=0)
     elif resolved.config.channels == 1 and data.shape[0] == 3:
         data = data.mean(0, keepdims=True)
-    spec = deploy_spec(args.tile, pad=4)
+    spec = tile_spec(args.tile)
     maps = routing_maps(resolved.build(), data, spec)
     render(data, maps, spec, out, f"{resolved.id}: top routing bank per {args.tile}px tile")
     print(f"wrote {out} ({len(maps.layers)} routed layers, {maps.top_bank.shape[1]} tiles)")

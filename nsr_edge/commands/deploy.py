@@ -1,0 +1,310 @@
+"""`nsr-edge convert`, `nsr-edge validate`, `nsr-edge profile`: the deploy pipeline, the same for every target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ._common import print_json
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..converters.base import RECIPES, target_names
+
+    p = sub.add_parser("convert", help="lower a trained model to an edge artifact + model card",
+                       description="Deploy form -> quantize (recipe) -> lower (target) -> DIR/<artifact> + DIR/model.json")
+    p.add_argument("--model", required=True, help="zoo id or nsr-edge checkpoint (.pt)")
+    p.add_argument("--target", default="executorch", help=f"one of {', '.join(target_names())} (default executorch)")
+    p.add_argument("--quant", default="fp32", help=f"recipe: {', '.join(RECIPES)} (default fp32)")
+    p.add_argument("--tile", type=int, default=64, help="tile side in input pixels, context margins included (64)")
+    p.add_argument("--extra-tiles", type=int, nargs="*", default=[], help="more tile sides, one method each")
+    p.add_argument("--strategy", default="output-mix", help="output-mix | kernel-mix | hard | auto (default output-mix)")
+    p.add_argument("--out", required=True, help="artifact folder (must be new or empty unless --force)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    g = p.add_argument_group("quantization (int8 recipes)")
+    g.add_argument("--calibration-tiles", type=int, help="tiles of the training set to calibrate on (recipe default 64)")
+    g.add_argument("--calibration-dataset", help="calibration images (default: the task's training set)")
+    g.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
+    g.add_argument("--qat-steps", type=int, help="int8-qat fine-tuning steps (recipe default 500)")
+    g.add_argument("--qat-dir", help="where int8-qat keeps its resumable state (default .nsr-edge-qat/)")
+    g.add_argument("--fp32-parts", help="comma list of parts kept in float: routing, first, last, skip ('' for none)")
+    g = p.add_argument_group("--strategy auto")
+    g.add_argument("--auto-max-drop-db", type=float, default=0.05,
+                   help="accuracy tolerance: Y-PSNR drop vs the FP32 model on the check set (default 0.05)")
+    g.add_argument("--auto-dataset", default=None, help="check set (default: the task's first evaluation set)")
+    p.add_argument("--json", action="store_true", help="print the model card")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("validate", help="run an artifact on real images and compare it with FP32 and ground truth")
+    p.add_argument("artifact", help="artifact folder written by `nsr-edge convert`")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="evaluation set by name (default: the task's first, e.g. set5)")
+    src.add_argument("--dataset-dir", help="a folder of ground-truth images (inputs are degraded from them)")
+    p.add_argument("--data-dir", help="root of the data sets")
+    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-reference", action="store_true", help="skip the FP32 PyTorch reference (task metrics only)")
+    p.add_argument("--allow-small", action="store_true", help="pad images smaller than the tile instead of refusing")
+    p.add_argument("--max-drop-db", type=float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
+    p.add_argument("--min-psnr-vs-reference", type=float, help="fail if PSNR vs the FP32 output is below this (dB)")
+    p.add_argument("--max-abs", type=float, help="fail if max |artifact - FP32| exceeds this ([0,1] units)")
+    p.add_argument("--per-layer", action="store_true", help="per-op numeric gap (ETDump + ETRecord + Inspector)")
+    p.add_argument("--record", action="store_true", help="store the summary in the model card")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("profile", help="latency (median/p90 per tile and per megapixel), per-op times, peak memory")
+    p.add_argument("artifact", help="artifact folder written by `nsr-edge convert`")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--per-op", action="store_true", help="per-op breakdown from an ETDump (ExecuTorch)")
+    p.add_argument("--record", action="store_true", help="store the result in the model card")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+# ------------------------------------------------------------------------------------------------------------ convert
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..converters.pipeline import ConvertOptions, convert
+
+    overrides: dict[str, Any] = {}
+    if args.fp32_parts is not None:
+        overrides["fp32_parts"] = tuple(p for p in args.fp32_parts.split(",") if p)
+    options = ConvertOptions(
+        model=args.model, target=args.target, recipe=args.quant, tile=args.tile, extra_tiles=tuple(args.extra_tiles),
+        strategy=args.strategy, calibration_tiles=args.calibration_tiles,
+        calibration_dataset=args.calibration_dataset, data_dir=args.data_dir, qat_steps=args.qat_steps,
+        qat_dir=args.qat_dir, recipe_overrides=overrides, progress=not args.quiet,
+    )
+    if args.strategy == "auto":
+        from ..converters.auto import convert_auto
+
+        path, card = convert_auto(options, args.out, args.force, args.auto_max_drop_db, args.auto_dataset)
+    else:
+        path, card = convert(options, args.out, args.force)
+    if args.json:
+        print_json(card)
+        return 0
+    d = card["delegation"]
+    fwd = d["methods"]["forward"]
+    print(f"{path}/{card['artifact']['file']}: {card['model']['id']} -> {card['target']} {card['recipe']['name']}, "
+          f"strategy {card['strategy']}, tile {card['tile']['tile']}, {card['artifact']['bytes'] / 1e6:.2f} MB")
+    print(f"  {d['backend']}: {fwd['delegated_ops']}/{fwd['total_ops']} ops delegated in {fwd['partitions']} "
+          f"partition(s)" + ("" if fwd["fully_delegated"] else "; outside: " + ", ".join(
+              f"{f['op']} x{f['count']} ({f['reason']})" for f in fwd["fallbacks"])))
+    for m in card["methods"]:
+        print(f"  method {m['name']}: {m['input_shape']} -> {m['output_shape']}")
+    if card.get("auto"):
+        print("  strategy auto: " + "; ".join(f"{c['strategy']} {c.get('median_ms', '-')} ms, drop "
+                                               f"{c.get('drop_db', '-')} dB ({c['status']})" for c in card["auto"]["candidates"]))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------- validate
+
+
+def _task(card: dict[str, Any]):
+    from ..runtime.tasks import TaskSpec
+
+    return TaskSpec.from_dict(card["model"]["task"])
+
+
+def load_inputs(task, dataset: str | None, dataset_dir: str | None, data_dir: str | None,
+                limit: int | None) -> tuple[str, list[tuple[str, Any, Any]]]:
+    """(label, [(name, input CHW float32, ground truth uint8 HWC)]) for a named set or a folder of images."""
+    from ..runtime import datasets
+
+    level = {"sr": task.scale, "denoise": task.noise, "jpeg": task.quality}[task.name]
+    try:
+        if dataset_dir:
+            pairs, label = datasets.list_folder_images(dataset_dir), str(dataset_dir)
+        else:
+            label = dataset or task.eval_sets[0]
+            pairs = datasets.list_eval_images(label, task.scale if task.name == "sr" else None, data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    pairs = pairs[:limit] if limit else pairs
+    out = []
+    for p in pairs:
+        try:
+            x, gt = datasets.make_input(p, task.name, level)
+        except (ValueError, TypeError, OSError) as e:
+            raise UserError(f"{p.hr_path}: {e}") from None
+        if task.channels == 1 and x.shape[0] == 3:
+            raise UserError(f"{p.name}: an RGB input for a gray model")
+        out.append((p.name, x, gt))
+    return label, out
+
+
+def reference_fn(card: dict[str, Any]):
+    """The FP32 PyTorch model (training form, eval) the card was converted from, as a tiles -> tiles function."""
+    import numpy as np
+    import torch
+
+    from .. import hub
+    from ..checkpoint import file_sha256
+
+    src = card["model"]["source"]
+    ref = src["ref"]
+    if src["kind"] == "zoo":
+        path = hub.ZOO_DIR / ref / "model.pt"
+    else:
+        path = Path(ref)
+    if not path.is_file():
+        raise UserError(f"the FP32 source model {ref} is not here ({path}); pass --no-reference for task metrics only")
+    if file_sha256(path) != src["sha256"]:
+        raise UserError(f"the FP32 source model {path} changed since conversion (SHA-256 differs); convert again")
+    model = hub.resolve(ref if src["kind"] == "zoo" else str(path), require_trained=True).build().eval()
+
+    @torch.no_grad()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+
+    return run
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..runtime import validate as V
+    from ..runtime.card import artifact_path, load_card, tile_spec, update_card
+    from ..runtime.runners.child import RunnerProcess
+
+    card = load_card(args.artifact)
+    path = artifact_path(args.artifact, card)
+    task, spec = _task(card), tile_spec(card)
+    label, inputs = load_inputs(task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
+    if args.max_drop_db is not None and args.no_reference:
+        raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
+    reference = None if args.no_reference else reference_fn(card)
+    with RunnerProcess(card["runner"], str(path), "forward", args.threads) as proc:
+        report = V.validate_images(inputs, task, spec, proc.run, reference, batch_size=proc.input_shape[0],
+                                   allow_small=args.allow_small, progress=not args.quiet)
+    report["dataset"] = label
+    report["artifact"] = {"target": card["target"], "recipe": card["recipe"]["name"], "strategy": card["strategy"],
+                          "tile": spec.tile}
+    if args.per_layer:
+        report["per_layer"] = per_layer_gap(args.artifact, card, inputs[0][1], spec)
+    tol = V.Tolerances(args.max_drop_db, args.min_psnr_vs_reference, args.max_abs)
+    fails = V.check(report["summary"], tol)
+    report["passed"] = not fails
+    if args.record:
+        update_card(args.artifact, "validation", {"dataset": label, "summary": report["summary"],
+                                                  "tolerances": tol.__dict__, "passed": not fails})
+    if args.json:
+        print_json(report)
+    else:
+        print(V.format_report(report, f"{card['model']['id']} {card['target']} {card['recipe']['name']} "
+                                      f"({card['strategy']}, tile {spec.tile}) on {label}"))
+        if report.get("per_layer"):
+            print(format_per_layer(report["per_layer"]))
+    for f in fails:
+        print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
+    return 1 if fails else 0
+
+
+def per_layer_gap(artifact_dir: str, card: dict[str, Any], image, spec, top: int = 15) -> dict[str, Any]:
+    """Per-op numeric gap of one tile: ETDump with intermediate outputs + ETRecord, compared by the Inspector."""
+    import numpy as np
+
+    from ..runtime.card import artifact_path
+    from ..runtime.runners.child import RunnerProcess
+    from ..runtime.tiling import split
+
+    etrecord = Path(artifact_dir) / "etrecord.bin"
+    if card["target"] != "executorch" or not etrecord.is_file():
+        raise UserError("--per-layer needs an ExecuTorch artifact with its etrecord.bin")
+    tiles, _ = split(image, spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        etdump, debug = str(Path(tmp) / "etdump.etdp"), str(Path(tmp) / "debug.bin")
+        with RunnerProcess(card["runner"], str(artifact_path(artifact_dir, card)), "forward", 1, etdump=etdump,
+                           debug_buffer=debug, debug_buffer_size=256 << 20) as proc:
+            proc.run(tiles[:1])
+            proc.write_etdump()
+        from executorch.devtools import Inspector
+
+        try:
+            inspector = Inspector(etdump_path=etdump, etrecord=str(etrecord), debug_buffer_path=debug)
+            df = inspector.calculate_numeric_gap("SNR")
+        except Exception as e:  # noqa: BLE001 - the devtools are young; say what failed, keep the rest of the report
+            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    rows = []
+    for _, r in df.iterrows():
+        gap = r.get("gap")
+        gap = float(np.mean(gap)) if isinstance(gap, (list, tuple)) else float(gap) if gap is not None else None
+        ops = r.get("runtime_ops") or r.get("aot_ops")
+        rows.append({"ops": [str(o) for o in (ops if isinstance(ops, (list, tuple)) else [ops])][:4], "snr_db": gap})
+    rows.sort(key=lambda r: (r["snr_db"] is None, r["snr_db"]))
+    return {"metric": "SNR dB of the artifact's intermediate outputs vs the ETRecord's float graph", "rows": rows[:top],
+            "count": len(rows)}
+
+
+def format_per_layer(pl: dict[str, Any]) -> str:
+    if "error" in pl:
+        return f"per-layer: not available ({pl['error']})"
+    lines = [f"per-layer ({pl['metric']}; {len(pl['rows'])} lowest of {pl['count']}):"]
+    lines += [f"  {r['snr_db']:>8.2f} dB  {', '.join(r['ops'])}" for r in pl["rows"] if r["snr_db"] is not None]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------ profile
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ..runtime.card import load_card, update_card
+    from ..runtime.profile import profile_artifact
+
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        raise UserError("--runs and --threads must be >= 1, --warmup >= 0")
+    card = load_card(args.artifact)
+    with tempfile.TemporaryDirectory() as tmp:
+        etdump = str(Path(tmp) / "profile.etdp") if args.per_op else None
+        if args.per_op and card["runner"] != "executorch":
+            raise UserError(f"--per-op is available for ExecuTorch artifacts (this one is {card['runner']})")
+        result = profile_artifact(args.artifact, card, args.threads, args.runs, args.warmup, etdump)
+        if etdump:
+            result["per_op"] = per_op_times(etdump, Path(args.artifact) / "etrecord.bin")
+    if args.record:
+        update_card(args.artifact, "profile", {k: v for k, v in result.items() if k != "per_op"})
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"{card['model']['id']} {card['target']} {card['recipe']['name']} ({card['strategy']}), tile "
+          f"{result['tile']}, {result['threads']} thread(s), {result['runs']} runs after {result['warmup']} warm-up:")
+    print(f"  median {result['median_ms']:.3f} ms  p90 {result['p90_ms']:.3f} ms per tile;  "
+          f"{result['ms_per_megapixel']:.1f} ms per output megapixel;  peak RSS {result['peak_rss_mb']:.0f} MB")
+    if result.get("per_op"):
+        print("  per op (median ms over traced runs):")
+        for r in result["per_op"]["ops"][:15]:
+            print(f"    {r['ms']:>9.3f}  {r['name']}")
+    return 0
+
+
+def per_op_times(etdump: str, etrecord: Path) -> dict[str, Any]:
+    """Median time per event (op or delegate call) from an ETDump, via the ExecuTorch Inspector."""
+    from executorch.devtools import Inspector
+
+    try:
+        inspector = Inspector(etdump_path=etdump, etrecord=str(etrecord) if etrecord.is_file() else None)
+        df = inspector.to_dataframe()
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "ops": []}
+    rows = []
+    for _, r in df.iterrows():
+        raw = r.get("raw")
+        if raw is None or not len(raw):
+            continue
+        import numpy as np
+
+        rows.append({"name": str(r.get("event_name")), "block": str(r.get("event_block_name")),
+                     "ms": round(float(np.median(raw)), 4), "calls": len(raw)})
+    rows.sort(key=lambda r: -r["ms"])
+    return {"ops": rows, "unit": "ms"}

@@ -1,0 +1,69 @@
+"""Latency of an artifact on this machine: median / p90 over warm runs of one tile, with stated threads, per tile and
+per megapixel of output, plus the runner process's peak memory. The same for every target (through its runner).
+
+"Per megapixel" counts the output pixels a tile contributes when it tiles a large image: its stride, squared, times
+the scale squared (margins and overlaps are overhead that a user pays); ``ms_per_megapixel_tile`` counts the whole
+tile output instead.
+
+numpy only: this module runs on a device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .card import artifact_path, method_for_tile, tile_spec
+from .runners.child import RunnerProcess
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        raise ValueError("no timed runs")
+    return {
+        "median_ms": round(float(np.median(ms)), 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "min_ms": round(float(ms.min()), 4),
+        "max_ms": round(float(ms.max()), 4),
+    }
+
+
+def profile_artifact(
+    artifact_dir: str, card: dict[str, Any], threads: int = 1, runs: int = 50, warmup: int = 5,
+    etdump: str | None = None, seed: int = 0,
+) -> dict[str, Any]:
+    """Time ``runs`` executions of the card's ``forward`` on a random tile (after ``warmup``), in a child process.
+
+    With ``etdump`` a second child runs the program with event tracing and writes the ETDump there (timings are
+    taken without tracing, so tracing costs do not leak into them).
+    """
+    path = artifact_path(artifact_dir, card)
+    method = method_for_tile(card)
+    spec = tile_spec(card)
+    scale = int(card["model"]["scale"])
+    x = np.random.default_rng(seed).random(method["input_shape"], dtype=np.float32)
+    with RunnerProcess(card["runner"], str(path), method["name"], threads) as proc:
+        times = proc.time(x, runs, warmup)
+        rss = proc.peak_rss_bytes()
+        used_threads = proc.threads
+    if etdump is not None:
+        with RunnerProcess(card["runner"], str(path), method["name"], threads, etdump=etdump) as proc:
+            proc.time(x, 3, 1)
+            proc.write_etdump()
+    stats = latency_stats(times)
+    out_h, out_w = method["output_shape"][-2:]
+    effective = (spec.stride * scale) ** 2
+    return {
+        "target": card["target"], "runner": card["runner"], "method": method["name"],
+        "threads": used_threads, "tile": spec.tile, "input_shape": method["input_shape"],
+        "runs": runs, "warmup": warmup, **stats,
+        "ms_per_megapixel": round(stats["median_ms"] / (effective / 1e6), 3),
+        "ms_per_megapixel_tile": round(stats["median_ms"] / (out_h * out_w / 1e6), 3),
+        "peak_rss_mb": round(rss / 2**20, 1),
+    }
+
+
+__all__ = ["latency_stats", "profile_artifact"]

@@ -1,0 +1,161 @@
+"""Validate an artifact on real images: run it through the card's tiling and compare it with the FP32 PyTorch model
+(its reference) and with the ground truth (the task's published metrics), per image and overall.
+
+The artifact runs in a child process (`runners.child.RunnerProcess`); the FP32 reference is any function from a
+batch of tiles to output tiles, supplied by the caller (the `nsr-edge validate` command passes the PyTorch model;
+a device passes stored outputs or nothing). Tolerances are explicit and make `check` return failures.
+
+numpy only: this module runs on a device.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import metrics
+from .errors import UserError
+from .images import to_uint8
+from .tasks import TaskSpec
+from .tiling import TileSpec, run_tiled
+
+TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Each None is unchecked. drop_db: FP32 model's task PSNR minus the artifact's (mean over images)."""
+
+    max_drop_db: float | None = None
+    min_psnr_vs_reference: float | None = None  # dB, mean over images, outputs clipped to [0, 1]
+    max_abs_vs_reference: float | None = None  # largest |artifact - reference| over all images, [0, 1] units
+
+
+def progress_iter(items: Sequence[Any], desc: str, enabled: bool):
+    """tqdm on stderr when it is installed (the toolkit), plain iteration otherwise (a bare device runtime)."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(items, desc=desc, file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            pass
+    return items
+
+
+def task_metrics(output: np.ndarray, gt: np.ndarray, task: TaskSpec) -> dict[str, float]:
+    """The task's published PSNR/SSIM of a float CHW output against a uint8 HWC ground truth.
+
+    SR: 8-bit BT.601 Y, ``scale`` px shaved. Denoising/JPEG: the gray image itself (single channel), or RGB for colour
+    models; no shave. Keys are ``psnr_y``/``ssim_y`` in every case (Y is the gray image for gray tasks).
+    """
+    out8 = to_uint8(output)
+    gt = gt if gt.ndim == 3 else gt[:, :, None]
+    if task.name == "sr":
+        m = metrics.evaluate_pair(out8, gt, task.scale)
+        return {"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}
+    return {"psnr_y": metrics.psnr(out8, gt), "ssim_y": metrics.ssim(out8, gt)}
+
+
+def _finite(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+
+
+def validate_images(
+    inputs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    task: TaskSpec,
+    spec: TileSpec,
+    artifact: TileFn,
+    reference: TileFn | None,
+    batch_size: int = 1,
+    allow_small: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``inputs``: (name, network input float32 CHW, ground truth uint8 HWC) per image. Returns the report
+    ``{"summary": {...}, "images": [...]}``; summary keys: psnr_y, ssim_y, psnr_y_fp32, ssim_y_fp32, drop_db,
+    psnr_vs_reference, max_abs_vs_reference, images."""
+    rows = []
+    scale = task.scale if task.name == "sr" else 1
+    for name, x, gt in progress_iter(inputs, "validating", progress):
+        h, w = x.shape[1:]
+        if min(h, w) < spec.tile and not allow_small:
+            raise UserError(f"image {name} is {w}x{h} (input pixels), smaller than the artifact's {spec.tile}px tile; "
+                            "convert with a smaller --tile, or pass --allow-small to pad it")
+        out = run_tiled(x, artifact, spec, scale=scale, batch_size=batch_size)
+        row: dict[str, Any] = {"name": name, "size": [int(w), int(h)]}
+        row.update(task_metrics(out, gt, task))
+        if reference is not None:
+            ref = run_tiled(x, reference, spec, scale=scale, batch_size=None)
+            ref_m = task_metrics(ref, gt, task)
+            a, b = np.clip(out, 0, 1), np.clip(ref, 0, 1)
+            row["psnr_y_fp32"] = ref_m["psnr_y"]
+            row["ssim_y_fp32"] = ref_m["ssim_y"]
+            row["drop_db"] = ref_m["psnr_y"] - row["psnr_y"]
+            row["psnr_vs_reference"] = metrics.psnr(a, b, data_range=1.0)
+            row["max_abs_vs_reference"] = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
+        rows.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return {"summary": summarize(rows), "images": rows}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return round(float(np.mean(vals)), 6) if vals else None
+
+    has_ref = any("psnr_y_fp32" in r for r in rows)
+    s = {"psnr_y": mean("psnr_y"), "ssim_y": mean("ssim_y"), "psnr_y_fp32": mean("psnr_y_fp32") if has_ref else None,
+         "ssim_y_fp32": mean("ssim_y_fp32") if has_ref else None, "drop_db": None,
+         "psnr_vs_reference": mean("psnr_vs_reference") if has_ref else None, "max_abs_vs_reference": None,
+         "images": len(rows)}
+    if has_ref:
+        s["drop_db"] = round(s["psnr_y_fp32"] - s["psnr_y"], 6)
+        s["max_abs_vs_reference"] = max(r["max_abs_vs_reference"] for r in rows)
+        if any(r.get("psnr_vs_reference") is None for r in rows):  # identical outputs give inf: report it as such
+            s["psnr_vs_reference_identical_images"] = sum(1 for r in rows if r.get("psnr_vs_reference") is None)
+    return s
+
+
+def check(summary: dict[str, Any], tol: Tolerances) -> list[str]:
+    """Tolerance violations as one line each (empty: pass)."""
+    fails = []
+    if tol.max_drop_db is not None:
+        if summary.get("drop_db") is None:
+            fails.append("--max-drop-db needs the FP32 reference")
+        elif summary["drop_db"] > tol.max_drop_db:
+            fails.append(f"PSNR drop {summary['drop_db']:.4f} dB > {tol.max_drop_db} dB")
+    if tol.min_psnr_vs_reference is not None and summary.get("psnr_vs_reference") is not None:
+        if summary["psnr_vs_reference"] < tol.min_psnr_vs_reference:
+            fails.append(f"PSNR vs FP32 reference {summary['psnr_vs_reference']:.2f} dB < {tol.min_psnr_vs_reference} dB")
+    if tol.max_abs_vs_reference is not None and summary.get("max_abs_vs_reference") is not None:
+        if summary["max_abs_vs_reference"] > tol.max_abs_vs_reference:
+            fails.append(f"max |artifact - FP32| {summary['max_abs_vs_reference']:.3g} > {tol.max_abs_vs_reference:g}")
+    return fails
+
+
+def format_report(report: dict[str, Any], title: str = "") -> str:
+    """Human-readable table: one row per image, then the mean."""
+    s = report["summary"]
+    has_ref = s.get("psnr_y_fp32") is not None
+    head = f"{'image':<24}{'PSNR-Y':>9}{'SSIM-Y':>8}"
+    if has_ref:
+        head += f"{'FP32 PSNR':>11}{'drop dB':>9}{'PSNR vs FP32':>14}{'max|d|':>10}"
+    lines = ([title] if title else []) + [head]
+
+    def fmt(r: dict[str, Any], name: str) -> str:
+        line = f"{name[:23]:<24}{r['psnr_y']:>9.3f}{r['ssim_y']:>8.4f}"
+        if has_ref:
+            pvr = r.get("psnr_vs_reference")
+            line += (f"{r['psnr_y_fp32']:>11.3f}{r['drop_db']:>9.3f}"
+                     f"{('inf' if pvr is None else f'{pvr:.2f}'):>14}{r['max_abs_vs_reference']:>10.2e}")
+        return line
+
+    lines += [fmt(r, r["name"]) for r in report["images"]]
+    lines.append(fmt(s, f"mean ({s['images']} images)"))
+    return "\n".join(lines)
+
+
+__all__ = ["Tolerances", "task_metrics", "validate_images", "summarize", "check", "format_report"]

@@ -1,0 +1,150 @@
+"""Training (resume, determinism), evaluation through tiling, and the end-user restore commands."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nsr_edge.train as train_mod
+from nsr_edge.checkpoint import load_checkpoint
+from nsr_edge.errors import UserError
+from nsr_edge.models import ModelConfig
+from nsr_edge.runtime.tasks import TaskSpec
+from nsr_edge.train import TrainConfig, train
+
+TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+
+
+def tiny_config(steps: int = 6, **kw) -> TrainConfig:
+    return TrainConfig(task=TaskSpec("sr", scale=2), model=TINY, dataset="set5_train", steps=steps, batch_size=2,
+                       patch_size=16, checkpoint_every=3, log_every=1, threads=1, **kw)
+
+
+@pytest.fixture(autouse=True)
+def small_training_set(monkeypatch):
+    """Train on Set5's HR images (5 files) instead of the 291-image set, so each test takes seconds."""
+    from nsr_edge.runtime import datasets
+
+    real = datasets.list_eval_images
+
+    def fake(name, scale=None, data_dir=None):
+        if name == "set5_train":
+            return real("set5", 2, data_dir)
+        return real(name, scale, data_dir)
+
+    monkeypatch.setattr(datasets, "list_eval_images", fake)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    straight = train(tiny_config(), tmp_path / "a", show_progress=False)
+    sampler_call = train_mod.PatchSampler.__call__
+    state = {"raised": False}
+
+    def interrupt_once(self, step):
+        if step == 4 and not state["raised"]:
+            state["raised"] = True
+            raise KeyboardInterrupt
+        return sampler_call(self, step)
+
+    monkeypatch.setattr(train_mod.PatchSampler, "__call__", interrupt_once)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_config(), tmp_path / "b", show_progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt").training["step"] == 4
+    resumed = train(None, tmp_path / "b", resume=True, show_progress=False)
+    a, b = load_checkpoint(straight).state_dict, load_checkpoint(resumed).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-1] == 6
+
+
+def test_training_lowers_the_loss_and_refuses_to_clobber_a_run(tmp_path):
+    out = train(tiny_config(steps=40, lr=3e-3), tmp_path / "run", show_progress=False)
+    log = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert np.mean(log[-10:]) < np.mean(log[:10])
+    ckpt = load_checkpoint(out)
+    assert ckpt.provenance["task"]["name"] == "sr" and ckpt.training is None
+    with pytest.raises(UserError, match="not empty"):
+        train(tiny_config(), tmp_path / "run", show_progress=False)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "nsr_edge.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+    from nsr_edge.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    save_checkpoint(Checkpoint(TINY, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), path)
+    return path
+
+
+def test_eval_json_schema_and_bicubic_anchor():
+    r = run_cli("eval", "--method", "bicubic", "--scale", "2", "--dataset", "set5", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["results"][0]
+    assert set(row) == {"dataset", "psnr_y", "ssim_y", "psnr_rgb", "images"}
+    assert row["images"] == 5 and abs(row["psnr_y"] - 33.66) < 0.02
+
+
+def test_eval_of_a_checkpoint_through_tiling(trained_tiny, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / "a.png")
+    r = run_cli("eval", "--model", str(trained_tiny), "--dataset", "set5", "--dataset-dir", str(folder), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["results"]
+    assert [x["images"] for x in rows] == [5, 1]
+    assert all(np.isfinite(x["psnr_y"]) for x in rows)
+
+
+def test_upscale_keeps_alpha_and_16_bit_and_never_overwrites(trained_tiny, tmp_path):
+    rgba = np.zeros((21, 17, 4), dtype=np.uint8)
+    rgba[..., :3] = 120
+    rgba[..., 3] = np.linspace(0, 255, 17, dtype=np.uint8)[None]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    r = run_cli("upscale", str(tmp_path / "in.png"), str(out), "--model", str(trained_tiny), "--tile", "24")
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.mode == "RGBA" and im.size == (34, 42)
+    before = out.read_bytes()
+    r = run_cli("upscale", str(tmp_path / "in.png"), str(out), "--model", str(trained_tiny))
+    assert r.returncode == 2 and "--force" in r.stderr and out.read_bytes() == before
+    gray16 = (np.arange(15 * 13, dtype=np.uint16).reshape(15, 13) * 300)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    r = run_cli("upscale", str(tmp_path / "g16.png"), str(tmp_path / "g16x2.png"), "--model", str(trained_tiny))
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "g16x2.png") as im:
+        assert im.size == (26, 30) and im.mode.startswith("I")
+
+
+def test_restore_commands_reject_bad_inputs(trained_tiny, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    r = run_cli("upscale", str(tmp_path / "broken.png"), str(tmp_path / "o.png"), "--model", str(trained_tiny))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    Image.fromarray(np.zeros((400, 400, 3), np.uint8)).save(tmp_path / "big.png")
+    r = run_cli("upscale", str(tmp_path / "big.png"), str(tmp_path / "o.png"), "--model", str(trained_tiny),
+                "--max-megapixels", "0.1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.png").exists()
+    r = run_cli("denoise", str(tmp_path / "big.png"), str(tmp_path / "o.png"), "--model", str(trained_tiny))
+    assert r.returncode == 2 and "sr x2 model" in r.stderr
+
+
+def test_visualize_routing_writes_a_png(trained_tiny, tmp_path):
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    r = run_cli("visualize-routing", str(tmp_path / "i.png"), "--model", str(trained_tiny), "--out",
+                str(tmp_path / "r.png"))
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.format == "PNG" and im.size[0] > 200
