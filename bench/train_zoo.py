@@ -28,7 +28,7 @@ NSR_WM, BANKS = 2.0, 4
 BUDGET = {"batch_size": 16, "patch_size": 32, "threads": 1}
 # Steps per trio: the default model's (SR x2) gets more; the other tasks share a smaller budget.
 STEPS = {"nsr_sr_x2": 5000}
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 2000
 
 
 @dataclass
@@ -87,11 +87,23 @@ def zoo_jobs() -> list[Job]:
     return [*sr2, dn[0], jp[0], sr3[0], sr4[0], dn[1], jp[1], sr3[1], sr4[1], dn[2], jp[2], sr3[2], sr4[2]]
 
 
-def run_job(job: Job, steps: int) -> tuple[str, int, float]:
+def run_job(job: Job, steps: int | None) -> tuple[str, int, float]:
     out = RUNS / job.id
     cmd = job.command(steps)
     if (out / "model.pt").is_file():
         return job.id, 0, 0.0
+    lock = RUNS / f"{job.id}.lock"  # several queue processes may share the job list
+    try:
+        lock.touch(exist_ok=False)
+    except FileExistsError:
+        return job.id, 0, 0.0
+    try:
+        return _run_locked(job, out, cmd, steps)
+    finally:
+        lock.unlink()
+
+
+def _run_locked(job: Job, out: Path, cmd: list[str], steps: int | None) -> tuple[str, int, float]:
     if (out / "last.pt").is_file():
         cmd = [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(out), "--resume"]
     elif out.exists():
