@@ -102,7 +102,8 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     """Run (or with ``resume``, continue: then ``cfg`` may be None and is read from ``last.pt``) a training run."""
     out = Path(out_dir)
     last = out / "last.pt"
-    if out.exists() and any(out.iterdir()) and not resume:
+    launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 owns the run folder
+    if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
     if resume and not last.is_file():
         raise UserError(f"--resume: no {last} to resume from")

@@ -148,3 +148,16 @@ def test_visualize_routing_writes_a_png(trained_tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     with Image.open(tmp_path / "r.png") as im:
         assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_torchrun_ddp_on_cpu(tmp_path):
+    """Two processes on the gloo backend: the same code path multi-GPU users take with NCCL."""
+    torchrun = str(__import__("pathlib").Path(sys.executable).with_name("torchrun"))
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nsr_edge.cli", "train",
+                        "--out", str(tmp_path / "ddp"), "--model", "wdsr_nsr", "--blocks", "1", "--channels", "8",
+                        "--width-multiplier", "2", "--groups", "2", "--cardinality", "1", "--steps", "4",
+                        "--patch-size", "16", "--batch-size", "2", "--threads", "1", "--dataset", "t91",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    assert ckpt.provenance["batch_size"] == 4  # 2 per rank x 2 ranks
