@@ -76,6 +76,16 @@ def resolve(name: str, overrides: dict[str, Any] | None = None, require_trained:
     return ResolvedModel(name, config, None)
 
 
+def checkpoint_path(name: str) -> Path:
+    """The checkpoint file behind a zoo id or a path."""
+    if name in zoo_ids():
+        return ZOO_DIR / name / "model.pt"
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"{name}: neither a zoo id nor a checkpoint file")
+    return path
+
+
 def _refuse_overrides(name: str, overrides: dict[str, Any]) -> None:
     if overrides:
         raise UserError(f"{name} is a trained model; architecture options ({', '.join(overrides)}) cannot change it")

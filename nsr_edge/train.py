@@ -129,7 +129,10 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
         init = load_checkpoint(cfg.init_from)
         if init.config.to_dict() | {"routing": None} != cfg.model.to_dict() | {"routing": None}:
             raise UserError(f"--init-from {cfg.init_from}: its architecture differs from the model being trained")
-        model.load_state_dict(init.state_dict, strict=False)  # routing options may add a learnable temperature
+        # strict=False only for what routing options add or drop (a learnable temperature); nothing else may differ.
+        missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
+        if [k for k in missing + unexpected if not k.endswith("log_temperature")]:
+            raise UserError(f"--init-from {cfg.init_from}: weights do not fit ({(missing + unexpected)[:3]})")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     milestones = sorted({max(1, int(f * cfg.steps)) for f in cfg.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_decay)

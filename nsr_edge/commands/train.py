@@ -16,7 +16,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, log); must be new unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--model", default="wdsr_nsr", help="preset or architecture to train (default wdsr_nsr)")
-    p.add_argument("--task", choices=("sr", "denoise", "jpeg"), default="sr")
+    p.add_argument("--task", choices=("sr", "denoise", "jpeg"), dest="task_given",
+                   help="default: sr, or the task of --init-from")
     p.add_argument("--noise", type=float, default=0.0, help="denoising: sigma on the 0..255 scale")
     p.add_argument("--quality", type=int, default=0, help="JPEG deblocking: quality 1..100")
     p.add_argument("--dataset", help="training set name (default: the task's standard set)")
@@ -32,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning, same architecture)")
+    p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
+                   "task), e.g. with --routing straight_through to make a soft-routed model hard")
     g = p.add_argument_group("routing (NSR models)")
     g.add_argument("--routing", choices=("softmax", "sigmoid", "gumbel", "straight_through"))
     g.add_argument("--temperature", type=float, help="fixed softmax temperature")
@@ -70,23 +72,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..runtime.tasks import TaskSpec
     from ..train import TrainConfig, describe, train
 
+    args.task = args.task_given or "sr"
     if args.resume:
         path = train(None, args.out, resume=True)  # the config comes from the checkpoint
         print(f"done: {path}")
         return 0
-    resolved = hub.resolve(args.model, architecture_overrides(args))
-    if resolved.trained:
-        raise UserError("--model names an architecture or preset; to fine-tune a trained model use --init-from")
-    config = resolved.config
+    init_task = None
+    if args.init_from:
+        # Fine-tune mode: architecture and task come from the starting model; routing options may change
+        # (e.g. a straight-through fine-tune that makes a soft-routed model hard).
+        start = hub.resolve(args.init_from, require_trained=True)
+        if any(v is not None for v in architecture_overrides(args).values()):
+            raise UserError("--init-from fixes the architecture; drop the architecture options")
+        config, init_task = start.config, start.checkpoint.provenance.get("task")
+        init_path = str(hub.checkpoint_path(args.init_from))
+    else:
+        resolved = hub.resolve(args.model, architecture_overrides(args))
+        if resolved.trained:
+            raise UserError("--model names an architecture or preset; to fine-tune a trained model use --init-from")
+        config, init_path = resolved.config, None
     routing = _routing_overrides(args)
     if routing:
         if not config.is_sparse:
             raise UserError("routing options apply to NSR (sparse) models only")
         config = config.with_(routing=replace(config.routing, **routing))
-    scale = config.scale if args.task == "sr" else 1
-    if args.task != "sr" and config.scale != 1:
-        config = config.with_(scale=1)
-    task = TaskSpec(args.task, scale=scale, noise=args.noise, quality=args.quality, channels=config.channels)
+    if init_task and args.task_given is None:
+        task = TaskSpec.from_dict(init_task)
+    else:
+        if args.task != "sr" and config.scale != 1:
+            config = config.with_(scale=1)
+        scale = config.scale if args.task == "sr" else 1
+        task = TaskSpec(args.task, scale=scale, noise=args.noise, quality=args.quality, channels=config.channels)
     try:
         sparsity = json.loads(args.sparsity)
     except json.JSONDecodeError as e:
@@ -95,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         task=task, model=config, dataset=args.dataset, steps=args.steps, batch_size=args.batch_size,
         patch_size=args.patch_size, lr=args.lr, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
         seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
-        data_dir=args.data_dir, init_from=args.init_from, sparsity=sparsity,
+        data_dir=args.data_dir, init_from=init_path, sparsity=sparsity,
     )
     print(describe(cfg))
     path = train(cfg, args.out)
