@@ -1,0 +1,89 @@
+"""Accuracy cost of hard (top-1) routing: soft NSR vs the same model made hard, vs hard-trained variants, vs the dense
+models of equal MACs and equal parameters. Same evaluation as `nsr-edge eval` (reference 48 px tiling).
+
+    .venv/bin/python bench/hard_routing.py --scale 2 --hard runs/hard/nsr_sr_x2_st/model.pt [...] [--out docs/hard_routing.md]
+
+Every model is evaluated in the deploy form that would run on a device: `hard` for the routed ones (top-1 bank per
+tile, static banks), the folded dense net for the baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from dataclasses import replace
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nsr_edge import hub  # noqa: E402
+from nsr_edge.deploy import hard_routing_report, to_deploy  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer, task_of  # noqa: E402
+from nsr_edge.runtime.tiling import REFERENCE, split  # noqa: E402
+
+
+def routing_stats(model: torch.nn.Module, task) -> dict:
+    """Mean top-1 probability and the smallest top-1/top-2 margin on real tiles (Set5's first image)."""
+    from nsr_edge.runtime import datasets
+    from nsr_edge.runtime.evaluation import task_level
+
+    pair = datasets.list_eval_images("set5", task.scale)[0]
+    inp, _ = datasets.make_input(pair, task.name, task_level(task))
+    tiles, _ = split(inp, replace(REFERENCE, whole_below=0))  # always cut into 48 px tiles
+    r = hard_routing_report(model, torch.from_numpy(tiles))
+    return {"top1": r.mean_top1_probability, "margin": r.min_top1_margin}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=2)
+    ap.add_argument("--hard", nargs="*", default=[], help="hard-routed checkpoints (ST fine-tunes, ...)")
+    ap.add_argument("--sets", nargs="*", default=["set5", "set14", "bsd100"])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "hard_routing.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    s = args.scale
+    soft = hub.resolve(f"nsr_sr_x{s}", require_trained=True)
+    task = task_of(soft)
+    rows = []
+
+    def add(label: str, model: torch.nn.Module, note: str = "") -> None:
+        results = evaluate_sets(EvalTarget(label, model_restorer(model, s)), task, args.sets, [], None)
+        rows.append((label, note, [r.summary() for r in results]))
+        print(label, " ".join(f"{r.dataset} {r.mean('psnr_y'):.3f}" for r in results), flush=True)
+
+    soft_model = soft.build()
+    st = routing_stats(soft_model, task)
+    add(f"nsr_sr_x{s} soft routing (training form)", soft_model,
+        f"mean top-1 prob {st['top1']:.2f}, min margin {st['margin']:.3f}")
+    add(f"nsr_sr_x{s} made hard after training", to_deploy(soft_model, "hard"), "argmax of the soft router")
+    for path in args.hard:
+        resolved = hub.resolve(path, require_trained=True)
+        model = resolved.build()
+        st = routing_stats(model, task)
+        prov = resolved.checkpoint.provenance
+        note = (f"{resolved.config.routing.kind}, {prov.get('steps')} steps from {Path(str(prov.get('init_from'))).parent.name or '-'}"
+                f"; router top-1 prob {st['top1']:.2f}, min margin {st['margin']:.3f}")
+        add(f"{Path(path).parent.name} (hard, deploy form)", to_deploy(model, "hard"), note)
+    for kind in ("eqmacs", "eqparams"):
+        zoo_id = f"dense_sr_x{s}_{kind}"
+        if zoo_id in hub.zoo_ids():
+            add(zoo_id, to_deploy(hub.resolve(zoo_id).build(), "output-mix"), "dense")
+    lines = [f"# Hard routing, SR x{s}", "",
+             f"Produced by `bench/hard_routing.py --scale {s} ...`. Y-PSNR (dB) on the reference tiling; hard rows run",
+             "the deploy form a device would run (top-1 bank per 48 px tile, static banks).", "",
+             "| model | " + " | ".join(args.sets) + " | note |", "|---|" + "---:|" * len(args.sets) + "---|"]
+    for label, note, res in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{r['psnr_y']:.3f}" for r in res) + f" | {note} |")
+    lines += ["", f"Machine: {platform.machine()}, 2 cores; torch {torch.__version__}.", ""]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
