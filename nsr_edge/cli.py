@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "train",
     "evaluate",  # eval, zoo, upscale, denoise, deblock
     "visualize",  # visualize-routing
+    "deploy",  # convert, validate, profile
+    "demo",
 )
 
 

@@ -62,7 +62,7 @@ def task_metrics(output: np.ndarray, gt: np.ndarray, task: TaskSpec) -> dict[str
 
 
 def _finite(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+    return None if v is None or not math.isfinite(v) else float(v)
 
 
 def validate_images(

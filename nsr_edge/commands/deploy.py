@@ -232,7 +232,7 @@ def per_layer_gap(artifact_dir: str, card: dict[str, Any], image, spec, top: int
         from executorch.devtools import Inspector
 
         try:
-            inspector = Inspector(etdump_path=etdump, etrecord=str(etrecord), debug_buffer_path=debug)
+            inspector = Inspector(etdump_path=etdump, etrecord=load_etrecord(etrecord), debug_buffer_path=debug)
             df = inspector.calculate_numeric_gap("SNR")
         except Exception as e:  # noqa: BLE001 - the devtools are young; say what failed, keep the rest of the report
             return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
@@ -284,7 +284,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if result.get("per_op"):
         print("  per op (median ms over traced runs):")
         for r in result["per_op"]["ops"][:15]:
-            print(f"    {r['ms']:>9.3f}  {r['name']}")
+            print(f"    {r['ms']:>9.3f}  {100 * r['share']:5.1f}%  x{r['count']:<4} {r['name']}")
     return 0
 
 
@@ -292,19 +292,44 @@ def per_op_times(etdump: str, etrecord: Path) -> dict[str, Any]:
     """Median time per event (op or delegate call) from an ETDump, via the ExecuTorch Inspector."""
     from executorch.devtools import Inspector
 
+    import re
+    import warnings
+
+    import numpy as np
+
     try:
-        inspector = Inspector(etdump_path=etdump, etrecord=str(etrecord) if etrecord.is_file() else None)
-        df = inspector.to_dataframe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inspector = Inspector(etdump_path=etdump, etrecord=load_etrecord(etrecord) if etrecord.is_file() else None)
+            df = inspector.to_dataframe()
     except Exception as e:  # noqa: BLE001
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "ops": []}
-    rows = []
+    kinds: dict[str, dict[str, Any]] = {}
     for _, r in df.iterrows():
         raw = r.get("raw")
-        if raw is None or not len(raw):
+        if r.get("event_block_name") != "Execute" or raw is None or not len(raw):
             continue
-        import numpy as np
+        kind = re.sub(r" #\d+$", "", str(r.get("event_name")))  # "Convolution (NHWC, QC8) IGEMM #3" -> its kind
+        if kind in ("Method::execute", "DELEGATE_CALL"):  # containers of the ops below, not ops
+            continue
+        k = kinds.setdefault(kind, {"name": kind, "ms": 0.0, "count": 0})
+        k["ms"] += float(np.median(raw))  # per run: the median of each instance, summed over instances
+        k["count"] += 1
+    rows = sorted(kinds.values(), key=lambda r: -r["ms"])
+    total = sum(r["ms"] for r in rows) or 1.0
+    for r in rows:
+        r["ms"] = round(r["ms"], 4)
+        r["share"] = round(r["ms"] / total, 4)
+    return {"ops": rows, "unit": "ms per run (median per op instance, summed by kind)", "traced_total_ms": round(total, 4)}
 
-        rows.append({"name": str(r.get("event_name")), "block": str(r.get("event_block_name")),
-                     "ms": round(float(np.median(raw)), 4), "calls": len(raw)})
-    rows.sort(key=lambda r: -r["ms"])
-    return {"ops": rows, "unit": "ms"}
+
+def load_etrecord(path: Path):
+    """The ETRecord of the ``forward`` method (the Inspector reads one method; multi-tile artifacts hold several)."""
+    from executorch.devtools.etrecord import parse_etrecord
+
+    et = parse_etrecord(str(path))
+    for attr in ("edge_dialect_program", "exported_program"):
+        value = getattr(et, attr, None)
+        if isinstance(value, dict):
+            setattr(et, attr, value.get("forward", next(iter(value.values()))))
+    return et

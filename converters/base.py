@@ -1,0 +1,308 @@
+"""The contract every conversion target implements, the target registry, the quantization recipes, and the helpers
+all targets share (atomic artifact folders, delegation summaries).
+
+A target (ExecuTorch, Core ML, LiteRT, ONNX Runtime, ...) is ONE module under ``converters/`` that defines a class
+implementing `Target` and is named in `TARGET_MODULES`; nothing else changes when a target is added. The shared
+pipeline (`converters/pipeline.py`) does everything that is not target-specific, as named stages:
+
+    resolve model -> deploy form (strategy) -> quantize (recipe; calibration / QAT in nsr_edge/quant.py)
+    -> target.lower(...) -> write artifact + model card atomically
+
+so a target only answers three questions: which recipes it supports, which PT2E quantizer implements a recipe for
+it (or None when it quantizes in its own converter), and how a (possibly quantized) module becomes artifact files.
+
+Recipes are named data (like torchao's configs): the same `int8-ptq` means the same thing on every target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from nsr_edge.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the targets and the pipeline, never needed to read this file's data
+    import torch
+    from torch import nn
+
+# ------------------------------------------------------------------------------------------------------------ recipes
+
+FP32_PARTS = ("routing", "first", "last", "skip")
+"""Parts of a network a recipe may keep in float while the rest is quantized (`Recipe.fp32_parts`):
+``routing``: every routing head (pool -> conv -> softmax) and the gate multiply of output mixing; ``first``: the head
+conv (body.0, sees the -0.5-shifted image); ``last``: the tail conv (body.N+1, produces the residual before
+PixelShuffle); ``skip``: the 5x5 skip conv (the low-frequency path of the +0.5 output)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is quantized. Shared by all targets; a target declares which names it supports.
+
+    weights/activations: "fp32" or "int8". method: "none" (fp32), "ptq" (post-training, calibrated) or "qat"
+    (quantization-aware fine-tuning, then converted). Weights are symmetric (per output channel when
+    ``per_channel``), activations per-tensor affine, as XNNPACK's int8 kernels want.
+    fp32_parts: parts left in float (see `FP32_PARTS`): the fragile ones in restoration nets.
+    calibration_tiles: tiles cut from the training set (through the tiler) to calibrate activation ranges.
+    qat_*: the fine-tuning run of `int8-qat` (Adam, L1 loss on the task's training pairs, resumable).
+    """
+
+    name: str
+    weights: str = "fp32"
+    activations: str = "fp32"
+    method: str = "none"
+    per_channel: bool = True
+    fp32_parts: tuple[str, ...] = ()
+    calibration_tiles: int = 64
+    calibration_seed: int = 0
+    qat_steps: int = 500
+    qat_lr: float = 1e-5
+    qat_batch: int = 8
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("fp32", "fp16", "int8") or self.activations not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"recipe {self.name}: weights/activations must be fp32, fp16 or int8")
+        if self.method not in ("none", "ptq", "qat"):
+            raise ValueError(f"recipe {self.name}: method must be none, ptq or qat")
+        bad = set(self.fp32_parts) - set(FP32_PARTS)
+        if bad:
+            raise ValueError(f"recipe {self.name}: unknown fp32_parts {sorted(bad)}; known: {', '.join(FP32_PARTS)}")
+        object.__setattr__(self, "fp32_parts", tuple(self.fp32_parts))
+
+    @property
+    def quantized(self) -> bool:
+        return self.method != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fp32_parts"] = list(self.fp32_parts)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        return cls(**{**data, "fp32_parts": tuple(data.get("fp32_parts", ()))})
+
+    def with_(self, **changes: Any) -> "Recipe":
+        return replace(self, **changes)
+
+
+# Defaults measured on the x2 zoo-sized model (docs/deploy.md, "Choosing what stays in float").
+_INT8_KEEP = ("routing",)
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("fp32", description="float32 weights and activations (the reference for every other recipe)"),
+        Recipe("int8-ptq", "int8", "int8", "ptq", fp32_parts=_INT8_KEEP,
+               description="post-training int8: per-channel symmetric weights, per-tensor activations calibrated "
+                           "on training tiles; routing heads in float"),
+        Recipe("int8-qat", "int8", "int8", "qat", fp32_parts=_INT8_KEEP,
+               description="int8-ptq's calibration, then quantization-aware fine-tuning on the training set"),
+        # Core ML recipes (converters/coreml.py): fp16 compute, int8 weights only, int8 weights + activations.
+        Recipe("fp16", "fp16", "fp16", description="float16 weights and compute (Core ML's Neural Engine/GPU precision)"),
+        Recipe("w8", "int8", "fp16", "ptq", fp32_parts=_INT8_KEEP,
+               description="int8 per-channel symmetric weights (one scale per bank row), fp16 compute"),
+        Recipe("w8a8", "int8", "int8", "ptq", fp32_parts=("routing", "last", "skip"),
+               description="w8 plus int8 per-tensor activations around convs, calibrated on training tiles; "
+                           "routing and the two output convs in float (docs/coreml.md)"),
+    )
+}
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """A named recipe, optionally with fields changed (``--recipe-option fp32_parts=routing,first``)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    try:
+        return RECIPES[name].with_(**overrides) if overrides else RECIPES[name]
+    except (TypeError, ValueError) as e:
+        raise UserError(f"recipe {name}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Fallback:
+    """Ops a target's fast path did not take, with the reason the partitioner gave (or what we know of it)."""
+
+    op: str
+    count: int
+    reason: str
+
+
+@dataclass
+class LoweredMethod:
+    """One entry point of an artifact: a fixed input shape (NCHW) and its delegation."""
+
+    name: str
+    input_shape: list[int]
+    output_shape: list[int]
+    delegated_ops: int = 0  # ops inside the target's fast path (e.g. the XNNPACK delegate)
+    total_ops: int = 0  # compute ops in the lowered graph (delegated + fallbacks)
+    partitions: int = 0  # delegate subgraphs (1 is best: no copies in and out between them)
+    fallbacks: list[Fallback] = field(default_factory=list)
+
+
+@dataclass
+class LoweringResult:
+    """What `Target.lower` returns: artifact files (written by the pipeline) and what ran where."""
+
+    files: dict[str, bytes]  # file name -> bytes; must include the target's `artifact_file`
+    methods: list[LoweredMethod]
+    backend: str  # "XNNPACK", "CoreML", ...
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # target-specific card fields (e.g. int8 I/O scales)
+    side_files: dict[str, bytes] = field(default_factory=dict)  # debug companions (e.g. ETRecord), not hashed
+
+    def delegation_summary(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "methods": {
+                m.name: {
+                    "delegated_ops": m.delegated_ops, "total_ops": m.total_ops, "partitions": m.partitions,
+                    "fully_delegated": m.total_ops > 0 and m.delegated_ops == m.total_ops,
+                    "fallbacks": [asdict(f) for f in m.fallbacks],
+                }
+                for m in self.methods
+            },
+            "notes": self.notes,
+        }
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A conversion target. Implement these five members in one module and list the module in `TARGET_MODULES`.
+
+    name: registry key (``--target``). artifact_file: the main file it writes (``model.pte``). runner: module name
+    under ``nsr_edge.runtime.runners`` that runs the artifact without the converter stack. recipes: the recipe names
+    it supports (a subset of `RECIPES`).
+    """
+
+    name: str
+    artifact_file: str
+    runner: str
+    recipes: tuple[str, ...]
+
+    def check_available(self) -> None:
+        """Raise `UserError` (one line, with the install hint) if the target's packages are missing."""
+
+    def pt2e_quantizer(self, recipe: Recipe, model: "nn.Module") -> Any:
+        """The PT2E quantizer implementing ``recipe`` for this target, or None when the recipe is fp32 or the
+        target quantizes inside `lower`. ``model`` is the deploy-form module (for per-module exclusions)."""
+
+    def lower(self, model: "nn.Module", examples: list["torch.Tensor"], recipe: Recipe,
+              quantized: bool) -> LoweringResult:
+        """Lower ``model`` (deploy form; a PT2E-converted module when ``quantized``) to artifact bytes, one method per
+        example input (the first is the card's tile shape and the method ``forward``)."""
+
+
+TARGET_MODULES: dict[str, str] = {
+    "executorch": "nsr_edge.converters.executorch",
+    "coreml": "nsr_edge.converters.coreml",
+    "executorch-coreml": "nsr_edge.converters.executorch_coreml",
+}
+"""Target name -> module defining it (imported on first use, so a missing optional stack fails only its target)."""
+
+_TARGETS: dict[str, Target] = {}
+
+
+def register_target(cls: type) -> type:
+    """Class decorator used by each target module: instantiate and register under ``cls.name``."""
+    inst = cls()
+    if not isinstance(inst, Target):
+        raise TypeError(f"{cls.__name__} does not implement the Target protocol")
+    _TARGETS[inst.name] = inst
+    return cls
+
+
+def target_names() -> list[str]:
+    return list(TARGET_MODULES)
+
+
+def get_target(name: str) -> Target:
+    """The target named ``name``, importing its module on first use; one-line `UserError` otherwise."""
+    if name not in TARGET_MODULES:
+        raise UserError(f"unknown target {name!r}; known: {', '.join(TARGET_MODULES)}")
+    if name not in _TARGETS:
+        import importlib
+
+        try:
+            importlib.import_module(TARGET_MODULES[name])
+        except ModuleNotFoundError as e:
+            raise UserError(f"target {name} is not available: {e} (install the full stack: pip install -e '.[full]')") from None
+        if name not in _TARGETS:
+            raise UserError(f"target {name}: module {TARGET_MODULES[name]} registered no target named {name!r}")
+    target = _TARGETS[name]
+    target.check_available()
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------- shared helpers
+
+
+def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse a non-empty output folder (or a file in its place) unless ``force``. Call before any long work."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UserError(f"{path} is not empty; pass --force to replace it")
+    return path
+
+
+@contextmanager
+def atomic_output_dir(out: str | os.PathLike, force: bool) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``out``; on success it replaces ``out`` in one rename.
+
+    A failure (exception, Ctrl-C) leaves ``out`` exactly as it was. With ``force`` an existing ``out`` is moved aside
+    first and deleted only after the new folder is in place.
+    """
+    path = check_output_dir(out, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if path.exists():
+            check_output_dir(path, force)  # re-check: someone may have written there meanwhile
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON file written via a temporary file and a rename (safe to call on a live artifact folder)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+__all__ = [
+    "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "Fallback", "LoweredMethod", "LoweringResult", "Target",
+    "TARGET_MODULES", "register_target", "target_names", "get_target", "check_output_dir", "atomic_output_dir",
+    "write_json",
+]

@@ -1,0 +1,234 @@
+"""`nsr-edge convert` as named stages, the same for every target:
+
+    resolve -> deploy -> quantize -> lower -> write
+
+`Conversion` keeps every intermediate result (the resolved model, the deploy module, the calibration tiles, the
+quantized module, the lowering result), so a test or a notebook can stop after any stage and look.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from nsr_edge.errors import UserError
+
+from .base import LoweringResult, Recipe, Target, atomic_output_dir, check_output_dir, get_recipe, get_target, write_json
+
+TILE_PAD = 4  # context margin per tile side (the reference's 4 px)
+MIN_TILE = 24
+
+
+@dataclass
+class ConvertOptions:
+    model: str
+    target: str = "executorch"
+    recipe: str = "fp32"
+    tile: int = 64
+    extra_tiles: tuple[int, ...] = ()
+    strategy: str = "output-mix"
+    calibration_tiles: int | None = None  # None: the recipe's
+    calibration_dataset: str | None = None  # None: the task's training set
+    data_dir: str | None = None
+    qat_steps: int | None = None
+    qat_dir: str | None = None
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class Conversion:
+    options: ConvertOptions
+    target: Target | None = None
+    recipe: Recipe | None = None
+    resolved: Any = None
+    task: Any = None
+    source: dict[str, Any] | None = None
+    deploy: Any = None
+    tiles: Any = None
+    module: Any = None  # what is lowered: deploy form, or the PT2E-converted module
+    quant_info: dict[str, Any] | None = None
+    lowered: LoweringResult | None = None
+
+    # ------------------------------------------------------------------------------------------------------ stages
+    def resolve(self) -> "Conversion":
+        from nsr_edge import hub
+        from nsr_edge.checkpoint import file_sha256
+        from nsr_edge.runtime.tasks import TaskSpec
+
+        o = self.options
+        self.target = get_target(o.target)
+        overrides = dict(o.recipe_overrides)
+        if o.calibration_tiles is not None:
+            overrides["calibration_tiles"] = o.calibration_tiles
+        if o.qat_steps is not None:
+            overrides["qat_steps"] = o.qat_steps
+        self.recipe = get_recipe(o.recipe, **overrides)
+        if self.recipe.name not in self.target.recipes:
+            raise UserError(f"target {self.target.name} does not support recipe {self.recipe.name} "
+                            f"(it supports {', '.join(self.target.recipes)})")
+        self.resolved = hub.resolve(o.model, require_trained=True)
+        cfg = self.resolved.config
+        task = (self.resolved.checkpoint.provenance or {}).get("task") if self.resolved.checkpoint else None
+        if task is None and self.resolved.card:
+            task = self.resolved.card.get("task") if isinstance(self.resolved.card.get("task"), dict) else None
+        self.task = TaskSpec.from_dict(task) if task else TaskSpec("sr" if cfg.scale > 1 else "denoise",
+                                                                   scale=cfg.scale, noise=25.0 if cfg.scale == 1 else 0,
+                                                                   channels=cfg.channels)
+        if self.resolved.card is not None:
+            from nsr_edge.hub import ZOO_DIR
+
+            path = ZOO_DIR / self.resolved.id / "model.pt"
+            self.source = {"kind": "zoo", "ref": self.resolved.id, "sha256": file_sha256(path)}
+        else:
+            path = Path(o.model)
+            self.source = {"kind": "checkpoint", "ref": str(path.resolve()), "sha256": file_sha256(path)}
+        for t in (o.tile, *o.extra_tiles):
+            check_tile(t, cfg)
+        return self
+
+    def make_deploy(self) -> "Conversion":
+        from nsr_edge.deploy import STRATEGIES, to_deploy
+
+        if self.options.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.options.strategy!r}; one of {', '.join(STRATEGIES)} or auto")
+        self.deploy = to_deploy(self.resolved.build(), self.options.strategy)
+        self.module = self.deploy
+        return self
+
+    def quantize(self) -> "Conversion":
+        from nsr_edge import quant
+
+        r, o = self.recipe, self.options
+        if not r.quantized:
+            return self
+        self.tiles = quant.calibration_tiles(self.task, o.tile, r.calibration_tiles, r.calibration_seed,
+                                             o.calibration_dataset, o.data_dir, o.progress)
+        quantizer = self.target.pt2e_quantizer(r, self.deploy)
+        if quantizer is None:  # the target quantizes inside lower() (e.g. weight-only in its own converter)
+            return self
+        calib = {"dataset": o.calibration_dataset or self.task.train_set, "tiles": int(len(self.tiles)),
+                 "seed": r.calibration_seed, "tile": o.tile}
+        if r.method == "ptq":
+            self.module = quant.quantize_ptq(self.deploy, quantizer, self.tiles, o.progress)
+            self.quant_info = {"calibration": calib}
+        else:
+            qat_dir = o.qat_dir or str(Path(o.model if Path(o.model).exists() else ".").resolve().parent / ".nsr-edge-qat")
+            self.module, summary = quant.quantize_qat(self.deploy, quantizer, self.tiles, self.task, r, qat_dir,
+                                                      o.calibration_dataset, o.data_dir, progress=o.progress)
+            self.quant_info = {"calibration": calib, "qat": summary, "qat_state": qat_dir}
+        return self
+
+    def lower(self) -> "Conversion":
+        import torch
+
+        c = self.resolved.config.channels
+        examples = [torch.rand(1, c, t, t, generator=torch.Generator().manual_seed(0))
+                    for t in (self.options.tile, *self.options.extra_tiles)]
+        try:
+            self.lowered = self.target.lower(self.module, examples, self.recipe, self.recipe.quantized)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lowering errors from the stacks are long; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{self.target.name} lowering failed ({type(e).__name__}): {first[:300]}") from None
+        if self.target.artifact_file not in self.lowered.files:
+            raise RuntimeError(f"target {self.target.name} did not produce {self.target.artifact_file}")
+        return self
+
+    def card(self) -> dict[str, Any]:
+        from nsr_edge.models import count_parameters
+        from nsr_edge.runtime import tiling
+        from nsr_edge.runtime.card import SCHEMA, VERSION
+
+        o, cfg, low = self.options, self.resolved.config, self.lowered
+        art = low.files[self.target.artifact_file]
+        import hashlib
+
+        spec = tiling.deploy_spec(o.tile, pad=TILE_PAD)
+        first = low.methods[0]
+        in_range = [0.0, 1.0] if self.task.name != "denoise" else [None, None]
+        return {
+            "schema": SCHEMA, "version": VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model": {
+                "id": self.resolved.id, "arch": cfg.arch, "task": self.task.to_dict(), "scale": cfg.scale,
+                "channels": cfg.channels, "config": cfg.to_dict(), "params": count_parameters(self.deploy),
+                "source": self.source,
+                "provenance": (self.resolved.checkpoint.provenance if self.resolved.checkpoint else {}),
+            },
+            "target": self.target.name, "runner": self.target.runner,
+            "artifact": {"file": self.target.artifact_file, "sha256": hashlib.sha256(art).hexdigest(),
+                         "bytes": len(art)},
+            "strategy": o.strategy,
+            "recipe": self.recipe.to_dict(),
+            "quantization": self.quant_info,
+            "tile": spec.to_dict(),
+            "io": {
+                "inputs": [{"name": "input", "layout": "NCHW", "dtype": "float32", "range": in_range,
+                            "shape": first.input_shape,
+                            "meaning": "degraded image tile, RGB or gray, values in [0, 1] (8-bit / 255)"}],
+                "outputs": [{"name": "output", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
+                             "shape": first.output_shape,
+                             "meaning": f"restored tile, {cfg.scale}x the input size; clip to [0, 1], round to 8 bit"}],
+            },
+            "methods": [{"name": m.name, "input_shape": m.input_shape, "output_shape": m.output_shape}
+                        for m in low.methods],
+            "delegation": low.delegation_summary(),
+            **({"target_extra": low.extra} if low.extra else {}),
+            "tools": tool_versions(),
+            "validation": None, "profile": None,
+        }
+
+    def write(self, out: str, force: bool) -> Path:
+        card = self.card()
+        with atomic_output_dir(out, force) as tmp:
+            for name, data in {**self.lowered.files, **self.lowered.side_files}.items():
+                (tmp / name).write_bytes(data)
+                (tmp / name).chmod(0o644)
+            write_json(tmp / "model.json", card)
+        return Path(out)
+
+
+def check_tile(tile: int, config: Any) -> None:
+    """A tile the model and the tiler accept: at least MIN_TILE, a multiple of the routing pool grid."""
+    if tile < MIN_TILE:
+        raise UserError(f"--tile {tile} is too small: at least {MIN_TILE} (with a {TILE_PAD} px context margin)")
+    multiple = max(1, getattr(getattr(config, "routing", None), "pool_grid", 1))
+    if tile % multiple:
+        raise UserError(f"--tile {tile} must be a multiple of {multiple} (the model pools a {multiple}x{multiple} "
+                        "grid for routing)")
+    from nsr_edge.runtime import tiling
+
+    try:
+        tiling.deploy_spec(tile, pad=TILE_PAD)
+    except ValueError as e:
+        raise UserError(f"--tile {tile}: {e}") from None
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": f"{sys.platform}-{platform.machine()}"}
+    for dist in ("nsr-edge", "torch", "executorch", "torchao", "numpy", "coremltools", "litert-torch", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def convert(options: ConvertOptions, out: str, force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Run every stage and write ``out/<artifact>`` + ``out/model.json``; returns the folder and the card."""
+    check_output_dir(out, force)  # fail before minutes of calibration, not after
+    conv = Conversion(options).resolve().make_deploy().quantize().lower()
+    path = conv.write(out, force)
+    from nsr_edge.runtime.card import load_card
+
+    return path, load_card(path)
+
+
+__all__ = ["ConvertOptions", "Conversion", "convert", "check_tile", "tool_versions", "TILE_PAD"]

@@ -1,0 +1,107 @@
+"""The ExecuTorch target end to end: convert (FP32, INT8 PTQ) -> card -> validate -> profile, and bad input.
+
+Real lowering and real runtime runs on a tiny model (1 block, width 8), a few seconds each.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.converters.pipeline import ConvertOptions, convert
+from nsr_edge.models import ModelConfig, build_model
+from nsr_edge.runtime.card import load_card
+from nsr_edge.runtime.runners.child import RunnerProcess
+from nsr_edge.runtime.tasks import TaskSpec
+
+TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+
+
+def run_cli(*args):
+    """The CLI in this process (its runtimes still run in child processes): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from nsr_edge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("et")
+    torch.manual_seed(0)
+    ckpt = root / "tiny.pt"
+    save_checkpoint(Checkpoint(TINY, build_model(TINY).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    out = {"ckpt": ckpt}
+    for recipe in ("fp32", "int8-ptq"):
+        opts = ConvertOptions(str(ckpt), recipe=recipe, tile=32, extra_tiles=(48,) if recipe == "fp32" else (),
+                              calibration_tiles=8, calibration_dataset="set5", progress=False)
+        out[recipe], _ = convert(opts, str(root / recipe))
+    return out
+
+
+def test_cards_describe_fully_delegated_artifacts(artifacts):
+    for recipe in ("fp32", "int8-ptq"):
+        card = load_card(artifacts[recipe])
+        assert card["target"] == "executorch" and card["recipe"]["name"] == recipe and card["strategy"] == "output-mix"
+        assert card["tile"]["tile"] == 32 and card["io"]["inputs"][0]["shape"] == [1, 3, 32, 32]
+        assert card["io"]["outputs"][0]["shape"] == [1, 3, 64, 64]
+        fwd = card["delegation"]["methods"]["forward"]
+        assert fwd["fully_delegated"] and fwd["partitions"] == 1, fwd
+        assert card["tools"]["executorch"] and len(card["model"]["source"]["sha256"]) == 64
+        assert (artifacts[recipe] / "model.pte").is_file() and (artifacts[recipe] / "etrecord.bin").is_file()
+    assert [m["name"] for m in load_card(artifacts["fp32"])["methods"]] == ["forward", "forward_48x48"]
+    assert load_card(artifacts["int8-ptq"])["quantization"]["calibration"]["tiles"] == 8
+
+
+def test_fp32_artifact_matches_eager_and_int8_is_close(artifacts):
+    from nsr_edge.checkpoint import load_checkpoint
+
+    model = load_checkpoint(artifacts["ckpt"]).build()
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    with RunnerProcess("executorch", str(artifacts["fp32"] / "model.pte")) as p:
+        assert p.input_shape == (1, 3, 32, 32)
+        y = p.run(x)
+    assert np.abs(y - ref).max() < 1e-4
+    with RunnerProcess("executorch", str(artifacts["fp32"] / "model.pte"), method="forward_48x48") as p:
+        x48 = np.random.default_rng(1).random((1, 3, 48, 48), dtype=np.float32)
+        with torch.no_grad():
+            assert np.abs(p.run(x48) - model(torch.from_numpy(x48)).numpy()).max() < 1e-4
+    with RunnerProcess("executorch", str(artifacts["int8-ptq"] / "model.pte")) as p:
+        y8 = p.run(x)
+    assert 0 < np.abs(y8 - ref).mean() < 0.05  # random weights and noise input: only a sanity bound
+
+
+def _one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
+    return err[0]
+
+
+def test_bad_input_is_one_line_and_overwrites_nothing(artifacts, tmp_path):
+    ckpt = artifacts["ckpt"]
+    assert "not a trained model" in _one_line_error(run_cli("convert", "--model", "nope", "--out", tmp_path / "a"))
+    assert "unknown target" in _one_line_error(
+        run_cli("convert", "--model", ckpt, "--target", "tpu", "--out", tmp_path / "a"))
+    assert "--tile" in _one_line_error(run_cli("convert", "--model", ckpt, "--tile", "12", "--out", tmp_path / "a"))
+    assert "calibration data" in _one_line_error(
+        run_cli("convert", "--model", ckpt, "--quant", "int8-ptq", "--calibration-dataset", "nowhere",
+                "--out", tmp_path / "a", "--tile", "32"))
+    assert not (tmp_path / "a").exists()
+    # a non-empty folder is not replaced without --force
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("x")
+    assert "--force" in _one_line_error(run_cli("convert", "--model", ckpt, "--out", keep))
+    assert (keep / "mine.txt").read_text() == "x"

@@ -1,0 +1,137 @@
+"""Validation and profiling of an artifact: the commands, tolerances, the card/artifact checks, crash isolation."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.converters.pipeline import ConvertOptions, convert
+from nsr_edge.models import ModelConfig, build_model
+from nsr_edge.runtime import validate as V
+from nsr_edge.runtime.card import CardError, artifact_path, load_card
+from nsr_edge.runtime.profile import latency_stats
+from nsr_edge.runtime.runners.child import RunnerCrash, RunnerProcess
+from nsr_edge.runtime.tasks import TaskSpec
+from nsr_edge.runtime.tiling import deploy_spec
+
+TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+
+
+def run_cli(*args):
+    import contextlib
+    import io
+
+    from nsr_edge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("val")
+    torch.manual_seed(0)
+    ckpt = root / "tiny.pt"
+    save_checkpoint(Checkpoint(TINY, build_model(TINY).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    opts = ConvertOptions(str(ckpt), recipe="int8-ptq", tile=32, calibration_tiles=8, calibration_dataset="set5",
+                          progress=False)
+    path, _ = convert(opts, str(root / "int8"))
+    return {"ckpt": ckpt, "int8-ptq": path, "fp32": path}
+
+
+def test_validate_and_profile_commands(artifacts):
+    r = run_cli("validate", artifacts["int8-ptq"], "--dataset", "set5", "--limit", "2", "--json", "--quiet",
+                "--record")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep["summary"]) >= {"psnr_y", "ssim_y", "psnr_y_fp32", "drop_db", "psnr_vs_reference",
+                                   "max_abs_vs_reference", "images"}
+    s = rep["summary"]
+    assert s["images"] == 2 and len(rep["images"]) == 2
+    assert abs(s["drop_db"] - (s["psnr_y_fp32"] - s["psnr_y"])) < 1e-5
+    assert load_card(artifacts["int8-ptq"])["validation"]["summary"]["images"] == 2
+    # an impossible tolerance makes it fail loudly
+    r = run_cli("validate", artifacts["int8-ptq"], "--dataset", "set5", "--limit", "1", "--quiet",
+                "--max-drop-db", "-5")
+    assert r.returncode == 1 and "FAILED" in r.stderr
+    r = run_cli("profile", artifacts["fp32"], "--runs", "5", "--warmup", "1", "--json", "--per-op")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(r.stdout)
+    assert {"median_ms", "p90_ms", "threads", "tile", "ms_per_megapixel"} <= set(prof)
+    assert prof["threads"] == 1 and prof["tile"] == 32 and prof["median_ms"] > 0
+    assert prof["per_op"]["ops"] and any("Convolution" in o["name"] for o in prof["per_op"]["ops"])
+
+
+def test_corrupt_or_mismatched_artifacts_are_one_line_errors(artifacts, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(artifacts["fp32"], bad)
+    (bad / "model.pte").write_bytes(b"\0" * 64)
+    assert "does not match its model card" in _one_line_error(run_cli("validate", bad, "--limit", "1"))
+    card = json.loads((bad / "model.json").read_text())
+    card["artifact"].update(bytes=64, sha256=hashlib.sha256(b"\0" * 64).hexdigest())
+    (bad / "model.json").write_text(json.dumps(card))
+    assert "not a loadable ExecuTorch program" in _one_line_error(run_cli("profile", bad, "--runs", "1"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.pte").write_bytes(b"PK\x03\x04 not ours")
+    assert "model card" in _one_line_error(run_cli("validate", foreign, "--limit", "1"))
+
+
+def test_runtime_abort_becomes_a_one_line_error(artifacts):
+    with RunnerProcess("executorch", str(artifacts["int8-ptq"] / "model.pte")) as p:
+        os.kill(p.proc.pid, signal.SIGABRT)
+        p.proc.wait()
+        with pytest.raises(RunnerCrash, match="SIGABRT"):
+            p.run(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_validation_loop_metrics_and_tolerances():
+    rng = np.random.default_rng(0)
+    task = TaskSpec("sr", scale=2)
+    gt = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    x = gt[::2, ::2].transpose(2, 0, 1).astype(np.float32) / 255
+
+    def up(b):  # nearest 2x: a stand-in model
+        return b.repeat(2, axis=2).repeat(2, axis=3)
+
+    def up_noisy(b):
+        return up(b) + 0.01
+
+    rep = V.validate_images([("a", x, gt)], task, deploy_spec(24), up_noisy, up, progress=False)
+    s = rep["summary"]
+    assert s["images"] == 1 and abs(s["max_abs_vs_reference"] - 0.01) < 1e-5
+    assert abs(s["drop_db"] - (s["psnr_y_fp32"] - s["psnr_y"])) < 1e-9 and s["drop_db"] > 0
+    assert V.check(s, V.Tolerances(max_drop_db=s["drop_db"] + 0.01)) == []
+    assert len(V.check(s, V.Tolerances(max_drop_db=0.0, max_abs_vs_reference=1e-4))) == 2
+    assert "mean (1 images)" in V.format_report(rep)
+    with pytest.raises(Exception, match="smaller than the artifact"):
+        V.validate_images([("a", x, gt)], task, deploy_spec(64), up, None, progress=False)
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004])
+    assert stats["median_ms"] == 2.5 and stats["p90_ms"] == pytest.approx(3.7)
+
+
+def test_card_checks(artifacts, tmp_path):
+    card = load_card(artifacts["int8-ptq"])
+    assert artifact_path(artifacts["int8-ptq"], card).name == "model.pte"
+    (tmp_path / "model.json").write_text(json.dumps({"schema": "something-else"}))
+    with pytest.raises(CardError, match="not an nsr-edge model card"):
+        load_card(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(CardError, match="JSON"):
+        load_card(tmp_path)
