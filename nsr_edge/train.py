@@ -129,8 +129,12 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
         init = load_checkpoint(cfg.init_from)
         if init.config.to_dict() | {"routing": None} != cfg.model.to_dict() | {"routing": None}:
             raise UserError(f"--init-from {cfg.init_from}: its architecture differs from the model being trained")
-        # strict=False only for what routing options add or drop (a learnable temperature); nothing else may differ.
-        missing, unexpected = model.load_state_dict(init.state_dict, strict=False)
+        # strict=False only for what routing options add or drop: a learnable temperature, or the second conv's
+        # router when switching to block-level (shared) routing; nothing else may differ.
+        state = dict(init.state_dict)
+        if cfg.model.routing.shared and not init.config.routing.shared:
+            state = {k: v for k, v in state.items() if not (".body.2.mlp." in k)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if [k for k in missing + unexpected if not k.endswith("log_temperature")]:
             raise UserError(f"--init-from {cfg.init_from}: weights do not fit ({(missing + unexpected)[:3]})")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)

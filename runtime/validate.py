@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics
+from .evaluation import task_metrics
 from .errors import UserError
 from .images import to_uint8
 from .tasks import TaskSpec
@@ -47,18 +48,10 @@ def progress_iter(items: Sequence[Any], desc: str, enabled: bool):
     return items
 
 
-def task_metrics(output: np.ndarray, gt: np.ndarray, task: TaskSpec) -> dict[str, float]:
-    """The task's published PSNR/SSIM of a float CHW output against a uint8 HWC ground truth.
-
-    SR: 8-bit BT.601 Y, ``scale`` px shaved. Denoising/JPEG: the gray image itself (single channel), or RGB for colour
-    models; no shave. Keys are ``psnr_y``/``ssim_y`` in every case (Y is the gray image for gray tasks).
-    """
-    out8 = to_uint8(output)
-    gt = gt if gt.ndim == 3 else gt[:, :, None]
-    if task.name == "sr":
-        m = metrics.evaluate_pair(out8, gt, task.scale)
-        return {"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}
-    return {"psnr_y": metrics.psnr(out8, gt), "ssim_y": metrics.ssim(out8, gt)}
+def scores(output: np.ndarray, gt: np.ndarray, task: TaskSpec) -> dict[str, float]:
+    """Task PSNR/SSIM of a float CHW output (rounded to 8 bit) with the published protocol of `evaluation`."""
+    m = task_metrics(to_uint8(output), gt if gt.ndim == 3 else gt[:, :, None], task)
+    return {"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}
 
 
 def _finite(v: float) -> float | None:
@@ -87,10 +80,10 @@ def validate_images(
                             "convert with a smaller --tile, or pass --allow-small to pad it")
         out = run_tiled(x, artifact, spec, scale=scale, batch_size=batch_size)
         row: dict[str, Any] = {"name": name, "size": [int(w), int(h)]}
-        row.update(task_metrics(out, gt, task))
+        row.update(scores(out, gt, task))
         if reference is not None:
             ref = run_tiled(x, reference, spec, scale=scale, batch_size=None)
-            ref_m = task_metrics(ref, gt, task)
+            ref_m = scores(ref, gt, task)
             a, b = np.clip(out, 0, 1), np.clip(ref, 0, 1)
             row["psnr_y_fp32"] = ref_m["psnr_y"]
             row["ssim_y_fp32"] = ref_m["ssim_y"]
@@ -158,4 +151,4 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Tolerances", "task_metrics", "validate_images", "summarize", "check", "format_report"]
+__all__ = ["Tolerances", "scores", "validate_images", "summarize", "check", "format_report"]
