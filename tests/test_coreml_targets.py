@@ -1,0 +1,102 @@
+"""Core ML through the shared pipeline: `nsr-edge convert --target coreml / executorch-coreml`, then `validate`
+(MIL evaluator on Linux) and `profile` (needs a Mac: one-line error here). Tiny checkpoint, 32 px tiles."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("coremltools")
+pytest.importorskip("executorch")
+
+from nsr_edge.runtime.coreml_mil import MilEvaluator, coreml_payloads, load_artifact
+
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.cli import main
+from nsr_edge.models import ModelConfig, build_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("wdsr_nsr", 2, 3, 1, 8, 2.0, 4, 4)).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(Checkpoint(model.config, model.state_dict()), path)
+    return path, model
+
+
+def test_coreml_target_card_validate_profile(checkpoint, tmp_path):
+    ckpt, model = checkpoint
+    out = tmp_path / "art"
+    assert main(["convert", "--model", str(ckpt), "--target", "coreml", "--quant", "fp32", "--tile", "32",
+                 "--extra-tiles", "48", "--out", str(out), "--quiet"]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["target"] == "coreml" and card["runner"] == "coreml"
+    assert card["artifact"]["file"] == "model.mlpackage.zip"
+    assert [m["name"] for m in card["methods"]] == ["forward", "forward_48x48"]
+    fields = card["target_extra"]["coreml"]
+    assert (fields["compute_precision"], fields["deployment_target"], fields["compute_units_recommendation"]) == \
+        ("fp32", "iOS17", "CPU_AND_GPU")
+    assert fields["tiles"] == [32, 48]
+    package = load_artifact(out / "model.mlpackage.zip")
+    assert package.inputs[0].enumerated_shapes == ((1, 3, 32, 32), (1, 3, 48, 48))
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(MilEvaluator(package).run({"input": x.numpy()})["output"] - ref).max() <= 1e-6
+    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet"]) == 0
+    assert main(["convert", "--model", str(ckpt), "--target", "coreml", "--out", str(out), "--quiet"]) == 2  # no --force
+    assert main(["profile", str(out), "--runs", "2"]) == 2  # Core ML latency needs a Mac
+
+
+def test_executorch_coreml_pte_payload_is_validated(checkpoint, tmp_path, caplog):
+    ckpt, model = checkpoint
+    out = tmp_path / "pte"
+    with caplog.at_level(logging.INFO):
+        assert main(["convert", "--model", str(ckpt), "--target", "executorch-coreml", "--quant", "fp32",
+                     "--tile", "32", "--extra-tiles", "48", "--out", str(out), "--quiet"]) == 0
+    assert not [r for r in caplog.records if r.name.startswith("executorch.backends.apple.coreml")]
+    card = json.loads((out / "model.json").read_text())
+    assert card["target"] == "executorch-coreml" and card["runner"] == "coreml"
+    assert card["delegation"]["backend"] == "CoreML"
+    pte = (out / "model.pte").read_bytes()
+    payloads = coreml_payloads(pte)
+    assert len(payloads) == 1 and sorted(payloads[0].functions) == ["forward", "forward_48x48"]
+    for function, tile in (("forward", 32), ("forward_48x48", 48)):
+        ev = MilEvaluator(payloads[0], function)
+        x = torch.rand(1, 3, tile, tile)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out_name = payloads[0].outputs_of(function)[0].name
+        assert np.abs(ev.run({ev.input_names[0]: x.numpy()})[out_name] - ref).max() <= 1e-6
+    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet"]) == 0
+
+
+def test_recipes_are_declared(checkpoint):
+    from nsr_edge.converters.base import get_recipe, get_target
+
+    assert set(get_target("coreml").recipes) == {"fp32", "fp16", "w8", "w8a8", "int8-qat"}
+    assert get_recipe("w8").weights == "int8" and get_recipe("w8").activations == "fp16"
+    assert get_recipe("w8a8").activations == "int8"
+    assert main(["convert", "--model", str(checkpoint[0]), "--target", "executorch-coreml", "--quant", "w8a8",
+                 "--out", "/nonexistent/never", "--quiet"]) == 2
+
+
+def test_executorch_coreml_w8_payload_has_int8_weights(checkpoint):
+    from nsr_edge.converters.base import get_recipe, get_target
+    from nsr_edge.converters.coreml import deploy_for_coreml
+
+    _, model = checkpoint
+    result = get_target("executorch-coreml").lower(deploy_for_coreml(model), [torch.rand(1, 3, 24, 24)],
+                                                    get_recipe("w8"), False)
+    payload = coreml_payloads(result.files["model.pte"])[0]
+    assert payload.op_counts()["constexpr_affine_dequantize"] > 0
+    assert result.extra["coreml"]["compute_precision"] == "fp16"
+    ev = MilEvaluator(payload)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = ev.run({ev.input_names[0]: x.numpy()})[ev.output_names[0]]
+    assert np.abs(out - ref).max() < 0.03
