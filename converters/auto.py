@@ -1,9 +1,11 @@
 """`--strategy auto`: convert with every lowering strategy, measure each artifact, keep the fastest that is accurate.
 
-By measurement, not by rule: each candidate is converted (same target, recipe, tile), profiled on this machine
+By measurement, not by rule: each candidate (every strategy of the target, plus hard routing on a related target
+such as ExecuTorch host dispatch, `RELATED_TARGETS`) is converted (same recipe, tile), profiled on this machine
 (1 thread, median of a few warm runs) and, fastest first, validated against the FP32 PyTorch model on a check set
-until one stays within the tolerance (Y-PSNR drop). Candidates that fail to lower or crash the runtime are reported
-with their one-line reason. The card records every candidate's numbers under ``auto``.
+until one stays within the tolerance (Y-PSNR drop). A candidate that fails to convert, aborts the runtime or fails
+validation is skipped with its one-line reason; only when no candidate is left does the command fail. The card
+records every candidate's numbers under ``auto``.
 """
 
 from __future__ import annotations
@@ -24,46 +26,53 @@ from .pipeline import ConvertOptions, convert
 def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: float = 0.05,
                  dataset: str | None = None, runs: int = 10) -> tuple[Path, dict[str, Any]]:
     from nsr_edge.commands.deploy import load_inputs, reference_fn
-    from nsr_edge.deploy import STRATEGIES
     from nsr_edge.runtime.card import artifact_path, load_card, tile_spec
     from nsr_edge.runtime.profile import profile_artifact
     from nsr_edge.runtime.runners.child import RunnerProcess
     from nsr_edge.runtime.tasks import TaskSpec
     from nsr_edge.runtime.validate import validate_images
 
+    from .base import get_target
+
     check_output_dir(out, force)
+    get_target(options.target)  # an unknown or missing target is the user's one-line error, not a failed candidate
     work = Path(tempfile.mkdtemp(prefix="nsr-edge-auto-"))
     try:
         candidates: list[dict[str, Any]] = []
-        for strategy in STRATEGIES:
-            folder = work / strategy
-            row: dict[str, Any] = {"strategy": strategy}
+        for target, strategy in candidate_list(options.target):
+            name = strategy if target == options.target else f"{strategy}@{target}"
+            folder = work / name.replace("@", "_")
+            row: dict[str, Any] = {"name": name, "strategy": strategy, "target": target, "folder": folder}
             candidates.append(row)
-            print(f"strategy auto: converting with {strategy}", file=sys.stderr)
+            print(f"strategy auto: converting with {name}", file=sys.stderr)
             try:
-                _, card = convert(dataclasses.replace(options, strategy=strategy), str(folder))
+                _, card = convert(dataclasses.replace(options, strategy=strategy, target=target), str(folder))
+            except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is skipped, with its reason
+                row["status"] = f"failed to convert: {_one_line(e)}"
+                continue
+            try:
                 row.update(profile_artifact(str(folder), card, threads=1, runs=runs, warmup=2))
                 row["status"] = "measured"
-            except UserError as e:
-                row["status"] = f"failed: {e}"
+            except Exception as e:  # noqa: BLE001 - e.g. a runtime abort (RunnerCrash) on an INT8 portable kernel
+                row["status"] = f"failed to run: {_one_line(e)}"
         measured = sorted((c for c in candidates if c["status"] == "measured"), key=lambda c: c["median_ms"])
         if not measured:
             raise UserError("strategy auto: no strategy produced a runnable artifact: "
-                            + "; ".join(f"{c['strategy']}: {c['status']}" for c in candidates))
+                            + "; ".join(f"{c['name']}: {c['status']}" for c in candidates))
         chosen = None
-        card0 = load_card(work / measured[0]["strategy"])
+        card0 = load_card(measured[0]["folder"])
         task = TaskSpec.from_dict(card0["model"]["task"])
         label, inputs = load_inputs(task, dataset, None, options.data_dir, None)
         reference = reference_fn(card0)
         for c in measured:
-            folder = work / c["strategy"]
+            folder = c["folder"]
             card = load_card(folder)
             try:
                 with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:
                     rep = validate_images(inputs, task, tile_spec(card), proc.run, reference,
                                           allow_small=True, progress=options.progress)
-            except UserError as e:
-                c["status"] = f"failed validation: {e}"
+            except Exception as e:  # noqa: BLE001 - a crash while validating rejects the candidate, not the command
+                c["status"] = f"failed validation: {_one_line(e)}"
                 continue
             c["drop_db"] = rep["summary"]["drop_db"]
             c["psnr_y"] = rep["summary"]["psnr_y"]
@@ -74,10 +83,10 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
             c["status"] = f"rejected: drop {c['drop_db']:.3f} dB > {max_drop_db} dB"
         if chosen is None:
             raise UserError(f"strategy auto: no strategy within {max_drop_db} dB on {label}: "
-                            + "; ".join(f"{c['strategy']}: {c['status']}" for c in candidates))
-        src = work / chosen["strategy"]
+                            + "; ".join(f"{c['name']}: {c['status']}" for c in candidates))
+        src = chosen["folder"]
         card = load_card(src)
-        keep = ("strategy", "status", "median_ms", "p90_ms", "drop_db", "psnr_y")
+        keep = ("strategy", "target", "status", "median_ms", "p90_ms", "drop_db", "psnr_y")
         card["auto"] = {"max_drop_db": max_drop_db, "dataset": label, "threads": 1, "runs": runs,
                         "candidates": [{k: c[k] for k in keep if k in c} for c in candidates]}
         with atomic_output_dir(out, force) as tmp:
@@ -88,3 +97,43 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
         return Path(out), load_card(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+RELATED_TARGETS: dict[str, tuple[str, ...]] = {"executorch": ("executorch-dispatch",)}
+"""Targets whose artifacts run on the same runtime and compete in ``--strategy auto`` for the requested target:
+hard routing on ExecuTorch is also lowered as host dispatch over static bank programs (issue 6)."""
+
+
+def candidate_list(target: str) -> list[tuple[str, str]]:
+    """(target, strategy) pairs ``--strategy auto`` converts and measures: every strategy the target lowers, plus
+    the strategies of its related targets that are installed."""
+    from nsr_edge.deploy import STRATEGIES
+
+    from .base import TARGET_MODULES, get_target
+
+    out = []
+    for name in (target, *RELATED_TARGETS.get(target, ())):
+        if name != target:
+            if name not in TARGET_MODULES:
+                continue
+            try:
+                get_target(name)
+            except UserError:
+                continue
+        allowed = getattr(_target_class(name), "strategies", None) or STRATEGIES
+        out += [(name, s) for s in STRATEGIES if s in allowed]
+    return out
+
+
+def _target_class(name: str) -> Any:
+    from .base import get_target
+
+    try:
+        return get_target(name)
+    except UserError:
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

@@ -56,13 +56,19 @@ def node_filter(model: nn.Module, fp32_parts: tuple[str, ...]) -> Callable[[torc
 
     Decided from each node's ``nn_module_stack`` (kept by torch.export): ``routing`` excludes RoutingHead modules and
     the gate multiply/sum of output mixing (nodes owned directly by a DeploySparseConv), so the k bank outputs meet
-    float gates; ``first``/``last``/``skip`` exclude those convs by module name.
+    float gates; ``first``/``last``/``skip`` exclude those convs by module name; ``output`` excludes the nodes owned by
+    the root module itself (input shift, body + skip add, +0.5 output add); ``residual`` excludes the add owned by
+    each residual block (its identity path).
     """
     from .deploy import DeploySparseConv, RoutingHead
+    from .models import ResidualBlock
 
     names = part_names(model)
     prefixes = tuple(names[p] for p in fp32_parts if p in names)
     routing = "routing" in fp32_parts
+    output = "output" in fp32_parts
+    residual = "residual" in fp32_parts
+    block_type = f"{ResidualBlock.__module__}.{ResidualBlock.__qualname__}"
     head_type = f"{RoutingHead.__module__}.{RoutingHead.__qualname__}"
     conv_types = {f"{c.__module__}.{c.__qualname__}" for c in _subclasses(DeploySparseConv)}
 
@@ -72,6 +78,10 @@ def node_filter(model: nn.Module, fp32_parts: tuple[str, ...]) -> Callable[[torc
             return True
         fqns = [str(v[0]) for v in stack]
         types = [str(v[1]) for v in stack]
+        if output and len(stack) == 1:  # an op of the network's own forward, outside every layer
+            return False
+        if residual and types[-1] == block_type and "add" in str(node.target):  # the block's identity add
+            return False
         # innermost module a DeploySparseConv itself: the gate matmul, the multiply and the sum over banks
         if routing and (head_type in types or types[-1] in conv_types):
             return False
@@ -181,7 +191,8 @@ def quantize_qat(
 ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     """Quantization-aware fine-tuning: fake-quantized model, observers first calibrated on ``tiles``, then
     ``recipe.qat_steps`` Adam steps (lr ``recipe.qat_lr``, L1 to the ground truth) on batches of ``recipe.qat_batch``
-    training patches of the tile size. State is saved to ``state_dir/qat_state.pt`` every 50 steps and on Ctrl-C;
+    training patches of ``recipe.qat_patch`` px (0: the tile size). State is saved to ``state_dir/qat_state.pt``
+    every 50 steps and on Ctrl-C;
     calling again with the same inputs resumes. Returns the converted module and a summary for the model card.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
@@ -217,7 +228,8 @@ def quantize_qat(
         pairs = make_pairs(task, dataset or task.train_set, data_dir, limit=images)
     except FileNotFoundError as e:
         raise UserError(f"QAT training data: {e}") from None
-    sampler = PatchSampler(pairs, task, tile, recipe.qat_batch, seed + 1)
+    patch = int(getattr(recipe, "qat_patch", 0) or tile)
+    sampler = PatchSampler(pairs, task, patch, recipe.qat_batch, seed + 1)
     move_exported_model_to_train(prepared)
     state_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -253,7 +265,7 @@ def quantize_qat(
     save(step)
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
-    summary = {"steps": recipe.qat_steps, "lr": recipe.qat_lr, "batch": recipe.qat_batch, "patch": tile,
+    summary = {"steps": recipe.qat_steps, "lr": recipe.qat_lr, "batch": recipe.qat_batch, "patch": patch,
                "dataset": dataset or task.train_set, "images": len(pairs), "resumed_from": start,
                "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5) if losses else None}
     return converted, summary

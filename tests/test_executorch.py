@@ -6,6 +6,7 @@ Real lowering and real runtime runs on a tiny model (1 block, width 8), a few se
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,50 @@ def test_bad_input_is_one_line_and_overwrites_nothing(artifacts, tmp_path):
     (keep / "mine.txt").write_text("x")
     assert "--force" in _one_line_error(run_cli("convert", "--model", ckpt, "--out", keep))
     assert (keep / "mine.txt").read_text() == "x"
+
+
+def test_strategy_auto_skips_candidates_that_fail_and_never_crashes(artifacts, tmp_path, monkeypatch):
+    """A candidate that fails to lower (any exception) or aborts the runtime is skipped with its reason in the card;
+    the fastest accurate one that remains is chosen. Profiling and validation are real (the fixture's FP32 artifact
+    stands in for each converted candidate, so no lowering runs here); the two failures are injected."""
+    import shutil
+
+    import nsr_edge.runtime.profile as profile_mod
+    from nsr_edge.converters import auto
+    from nsr_edge.runtime.runners.child import RunnerCrash
+
+    real_profile = profile_mod.profile_artifact
+
+    def convert(options, out, force=False):
+        if options.strategy == "kernel-mix":
+            raise RuntimeError("lowering blew up\nwith a long native trace")
+        shutil.copytree(artifacts["fp32"], out)
+        card = json.loads((artifacts["fp32"] / "model.json").read_text())
+        card["strategy"] = options.strategy
+        (Path(out) / "model.json").write_text(json.dumps(card))
+        return out, load_card(out)
+
+    def profile(folder, card, **kw):
+        if card["strategy"] == "hard":
+            raise RunnerCrash("the runtime process died (signal SIGABRT) while running model.pte")
+        return real_profile(folder, card, **kw)
+
+    monkeypatch.setattr(auto, "convert", convert)
+    monkeypatch.setattr(profile_mod, "profile_artifact", profile)
+    monkeypatch.setattr(auto, "candidate_list",
+                        lambda target: [(target, s) for s in ("output-mix", "kernel-mix", "hard")])
+    r = run_cli("convert", "--model", artifacts["ckpt"], "--strategy", "auto", "--tile", "32", "--out",
+                tmp_path / "auto", "--auto-dataset", "set5", "--quiet", "--auto-max-drop-db", "0.05")
+    assert r.returncode == 0, r.stderr[-800:]
+    card = load_card(tmp_path / "auto")
+    assert card["strategy"] == "output-mix"
+    status = {c["strategy"]: c["status"] for c in card["auto"]["candidates"]}
+    assert status["output-mix"] == "chosen"
+    assert status["kernel-mix"] == "failed to convert: lowering blew up"
+    assert status["hard"].startswith("failed to run:") and "SIGABRT" in status["hard"]
+    # nothing runnable at all: one line, exit 2, nothing written
+    monkeypatch.setattr(auto, "convert", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    err = _one_line_error(run_cli("convert", "--model", artifacts["ckpt"], "--strategy", "auto", "--tile", "32",
+                                  "--out", tmp_path / "none", "--quiet"))
+    assert "no strategy produced a runnable artifact" in err and "kernel-mix: failed to convert: no" in err
+    assert not (tmp_path / "none").exists()

@@ -62,12 +62,20 @@ class RunnerProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
         self.timeout = timeout
-        info = self._call({"op": "open", "runner": runner, "artifact": self.artifact, "method": method,
-                           "threads": threads, "etdump": etdump, "debug_buffer": debug_buffer,
-                           "debug_buffer_size": debug_buffer_size})
+        try:
+            info = self._open(runner, method, threads, etdump, debug_buffer, debug_buffer_size)
+        except BaseException:
+            self.close()  # a program that does not load (or aborts the child) must not leave the child behind
+            raise
         self.input_shape: tuple[int, ...] = tuple(info["input_shape"])
         self.output_shape: tuple[int, ...] = tuple(info["output_shape"])
         self.threads: int = info["threads"]
+
+    def _open(self, runner: str, method: str, threads: int, etdump: str | None, debug_buffer: str | None,
+              debug_buffer_size: int) -> Any:
+        return self._call({"op": "open", "runner": runner, "artifact": self.artifact, "method": method,
+                           "threads": threads, "etdump": etdump, "debug_buffer": debug_buffer,
+                           "debug_buffer_size": debug_buffer_size})
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -111,7 +119,8 @@ class RunnerProcess:
             except (OSError, subprocess.TimeoutExpired, ValueError):
                 self.proc.kill()
                 self.proc.wait()
-        self._stderr.close()
+        if not self._stderr.closed:
+            self._stderr.close()
 
     def __enter__(self) -> "RunnerProcess":
         return self
