@@ -90,6 +90,10 @@ class Conversion:
             self.source = {"kind": "checkpoint", "ref": str(path.resolve()), "sha256": file_sha256(path)}
         for t in (o.tile, *o.extra_tiles):
             check_tile(t, cfg)
+        allowed = getattr(self.target, "strategies", None)  # a target that lowers only some strategies
+        if allowed and o.strategy not in allowed:
+            raise UserError(f"target {self.target.name} lowers strategy {' or '.join(allowed)} only "
+                            f"(pass --strategy {allowed[0]})")
         return self
 
     def make_deploy(self) -> "Conversion":
@@ -131,7 +135,8 @@ class Conversion:
         examples = [torch.rand(1, c, t, t, generator=torch.Generator().manual_seed(0))
                     for t in (self.options.tile, *self.options.extra_tiles)]
         try:
-            self.lowered = self.target.lower(self.module, examples, self.recipe, self.recipe.quantized)
+            extra = {"tiles": self.tiles} if getattr(self.target, "needs_calibration_tiles", False) else {}
+            self.lowered = self.target.lower(self.module, examples, self.recipe, self.recipe.quantized, **extra)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - lowering errors from the stacks are long; keep the first line

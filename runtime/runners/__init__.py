@@ -19,6 +19,7 @@ from ..errors import UserError
 RUNNERS: dict[str, str] = {
     "executorch": "nsr_edge.runtime.runners.executorch_runner",
     "coreml": "nsr_edge.runtime.runners.coreml_runner",
+    "dispatch": "nsr_edge.runtime.runners.dispatch_runner",
 }
 
 
