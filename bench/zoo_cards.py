@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 
 from nsr_edge import __version__  # noqa: E402
-from nsr_edge.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
+from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from nsr_edge.runtime.files import file_sha256  # noqa: E402
 from nsr_edge.costs import cost_summary  # noqa: E402
 from nsr_edge.evaluate import EvalTarget, evaluate_sets, method_restorer, model_restorer  # noqa: E402
 from nsr_edge.hub import ZOO_DIR  # noqa: E402

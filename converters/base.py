@@ -16,7 +16,6 @@ Recipes are named data (like torchao's configs): the same `int8-ptq` means the s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from nsr_edge.errors import UserError
+from nsr_edge.runtime.files import atomic_write_json
 
 if TYPE_CHECKING:  # torch is imported by the targets and the pipeline, never needed to read this file's data
     import torch
@@ -297,16 +297,7 @@ def atomic_output_dir(out: str | os.PathLike, force: bool) -> Iterator[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     """JSON file written via a temporary file and a rename (safe to call on a live artifact folder)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, data)
 
 
 __all__ = [

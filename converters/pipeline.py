@@ -58,7 +58,7 @@ class Conversion:
     # ------------------------------------------------------------------------------------------------------ stages
     def resolve(self) -> "Conversion":
         from nsr_edge import hub
-        from nsr_edge.checkpoint import file_sha256
+        from nsr_edge.runtime.files import file_sha256
         from nsr_edge.runtime.tasks import TaskSpec
 
         o = self.options

@@ -9,12 +9,10 @@ loads with ``weights_only=True`` (no pickled code is ever executed):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .runtime.files import atomic_write_bytes, file_sha256
 from .layers import RoutingConfig
 from .models import ModelConfig, build_model
 
@@ -59,14 +58,6 @@ class Checkpoint:
         if self.training is not None:
             out["training"] = self.training
         return out
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
@@ -123,20 +114,6 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, force: bool = Fal
     torch.save(ckpt.to_dict(), buf)
     atomic_write_bytes(p, buf.getvalue())
     return p
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

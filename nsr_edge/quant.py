@@ -234,7 +234,7 @@ def quantize_qat(
     state_path.parent.mkdir(parents=True, exist_ok=True)
 
     def save(step: int) -> None:
-        from .checkpoint import atomic_write_bytes
+        from .runtime.files import atomic_write_bytes
         import io
 
         buf = io.BytesIO()

@@ -26,14 +26,13 @@ numpy-free and torch-free: this module runs on a device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import atomic_write_json, file_sha256
 
 CARD_FILE = "model.json"
 SCHEMA = "nsr-edge-model-card"
@@ -43,14 +42,6 @@ REQUIRED = ("model", "target", "runner", "artifact", "strategy", "recipe", "tile
 
 class CardError(UserError):
     """A missing, unreadable or inconsistent model card, or an artifact that does not match its card."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_card(artifact_dir: str | os.PathLike) -> dict[str, Any]:
@@ -96,17 +87,7 @@ def update_card(artifact_dir: str | os.PathLike, key: str, value: Any) -> None:
     folder = Path(artifact_dir)
     card = load_card(folder)
     card[key] = value
-    path = folder / CARD_FILE
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CARD_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(card, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(folder / CARD_FILE, card)
 
 
 def tile_spec(card: dict[str, Any]):

@@ -5,7 +5,6 @@ Real lowering and real runtime runs on a tiny model (1 block, width 8), a few se
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

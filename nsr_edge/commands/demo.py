@@ -7,7 +7,6 @@ with a table and DIR/psnr_vs_latency.png. Every step is the same code as the ind
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,7 @@ def report_md(rows: list[dict[str, Any]], model: str, tile: int, datasets: list[
             + f" | {s0['max_abs_vs_reference']:.2e} | {p['median_ms']:.2f} | {p['p90_ms']:.2f} | "
               f"{p['ms_per_megapixel']:.0f} | {r['bytes'] / 1e6:.2f} | {d['delegated_ops']}/{d['total_ops']} |")
     fp32 = next((r for r in rows if r["recipe"] == "fp32"), None)
-    lines += ["", f"PyTorch FP32 (training form) Y-PSNR: "
+    lines += ["", "PyTorch FP32 (training form) Y-PSNR: "
               + ", ".join(f"{ds} {rows[0]['sets'][ds]['psnr_y_fp32']:.3f}" for ds in datasets) + "."]
     if fp32:
         for r in rows:

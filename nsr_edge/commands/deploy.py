@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -153,7 +152,7 @@ def reference_fn(card: dict[str, Any]):
     import torch
 
     from .. import hub
-    from ..checkpoint import file_sha256
+    from ..runtime.files import file_sha256
 
     src = card["model"]["source"]
     ref = src["ref"]
