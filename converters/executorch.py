@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from nsr_edge.errors import UserError
 
@@ -98,21 +98,8 @@ class ExecuTorchTarget:
 
         methods = []
         for name in programs:
-            gm = edge.exported_program(name).graph_module
-            outside = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE]
-            delegates = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) == "executorch_call_delegate"]
-            inside = 0
-            for d in delegates:
-                lowered = getattr(gm, d.args[0].target)
-                inner = lowered.original_module.graph_module.graph.nodes
-                inside += sum(1 for n in inner if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE)
-            counts = Counter(_op_name(n) for n in outside)
-            reasons: dict[str, str] = {}
-            for n in outside:
-                reasons.setdefault(_op_name(n), why.reasons.get(n.name, _default_reason(_op_name(n), quantized)))
-            fallbacks = [Fallback(op, c, reasons[op]) for op, c in counts.most_common()]
-            methods.append(LoweredMethod(name, shapes[name][0], shapes[name][1], inside, inside + len(outside),
-                                         len(delegates), fallbacks))
+            methods.append(delegation_of(edge, name, shapes[name][0], shapes[name][1],
+                                         lambda n: why.reasons.get(n.name, _default_reason(_op_name(n), quantized))))
 
         notes = []
         if any(m.fallbacks for m in methods):
@@ -126,6 +113,25 @@ class ExecuTorchTarget:
         except Exception as e:  # noqa: BLE001 - ETRecord is a debugging aid; the artifact stays valid without it
             notes.append(f"no ETRecord written ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         return LoweringResult({self.artifact_file: et.buffer}, methods, "XNNPACK", notes, side_files=side)
+
+
+def delegation_of(edge: Any, name: str, input_shape: list[int], output_shape: list[int],
+                  reason_for: Callable[[Any], str]) -> LoweredMethod:
+    """What ran where in one lowered method: compute ops inside XNNPACK delegates, and each op kind left outside
+    with the reason ``reason_for(node)`` gives for its first occurrence."""
+    gm = edge.exported_program(name).graph_module
+    outside = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE]
+    delegates = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) == "executorch_call_delegate"]
+    inside = 0
+    for d in delegates:
+        inner = getattr(gm, d.args[0].target).original_module.graph_module.graph.nodes
+        inside += sum(1 for n in inner if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE)
+    counts = Counter(_op_name(n) for n in outside)
+    reasons: dict[str, str] = {}
+    for n in outside:
+        reasons.setdefault(_op_name(n), reason_for(n))
+    fallbacks = [Fallback(op, c, reasons[op]) for op, c in counts.most_common()]
+    return LoweredMethod(name, input_shape, output_shape, inside, inside + len(outside), len(delegates), fallbacks)
 
 
 def _default_reason(op: str, quantized: bool) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import Fallback, LoweredMethod, LoweringResult, Recipe, register_target
+from .base import LoweredMethod, LoweringResult, Recipe, register_target
 
 MODES = ("layer", "block")
 
@@ -305,7 +305,7 @@ def lower_programs(modules: dict[str, Any], examples: dict[str, tuple]) -> tuple
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from .executorch import _NON_COMPUTE, _default_reason, _op_name
+    from .executorch import _default_reason, _op_name, delegation_of
 
     exported, shapes = {}, {}
     for name, module in modules.items():
@@ -318,19 +318,8 @@ def lower_programs(modules: dict[str, Any], examples: dict[str, tuple]) -> tuple
     et = edge.to_executorch()
     methods = []
     for name in exported:
-        gm = edge.exported_program(name).graph_module
-        outside = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE]
-        delegates = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) == "executorch_call_delegate"]
-        inside = 0
-        for d in delegates:
-            inner = getattr(gm, d.args[0].target).original_module.graph_module.graph.nodes
-            inside += sum(1 for n in inner if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE)
-        counts: dict[str, int] = {}
-        for n in outside:
-            counts[_op_name(n)] = counts.get(_op_name(n), 0) + 1
-        fallbacks = [Fallback(op, c, _default_reason(op, True)) for op, c in counts.items()]
-        methods.append(LoweredMethod(name, shapes[name][0][0], shapes[name][1][0], inside, inside + len(outside),
-                                     len(delegates), fallbacks))
+        methods.append(delegation_of(edge, name, shapes[name][0][0], shapes[name][1][0],
+                                     lambda n: _default_reason(_op_name(n), True)))
     return et.buffer, methods
 
 
