@@ -12,7 +12,8 @@ Programs (batch 1, fixed tile), d=1 (one bank per tile and layer):
   ``b{b}_c1_k{i}: (h, x) -> x' = conv1_i(h) + x`` (+ the next block's router logits on ``x'``): 2 calls per block;
 - ``block`` mode (shared routing: both convs routed from the block input, `RoutingConfig(shared=True)`): one fused
   program per block and bank ``b{b}_k{i}: x -> x' = conv1_i(relu(conv0_i(x))) + x`` (+ next logits): 1 call per block;
-- ``tail``: ``(x, t) -> PixelShuffle(last(x) + skip(t - 0.5)) + 0.5``.
+- ``tail``: ``(x, t) -> PixelShuffle(last(x) + skip(t - 0.5)) + 0.5``, fused by default into the last routed stage's
+  programs (``..._k{i}: (inputs, t) -> output``), which saves one call per tile.
 Routers stay FP32 (a 1x1 conv on the pooled tile, inside the program); INT8 recipes quantize each program on its own
 (PT2E, XNNPACKQuantizer per-channel), every bank program calibrated on the calibration tiles routed to it.
 Program I/O is float32 (int8 outputs do not lower in ExecuTorch 1.5.1; see docs/dispatch.md).
@@ -84,10 +85,22 @@ def _modules():  # torch imported lazily: the registry imports this module only 
         def forward(self, x: torch.Tensor, t: torch.Tensor):
             return (self.shuf(self.last(x) + self.skip(t - 0.5)) + 0.5,)
 
+    class WithTail(nn.Module):
+        """The last routed program with the tail fused in (one call fewer per tile): ``(*inputs, t) -> output``."""
+
+        def __init__(self, body: nn.Module, tail: Tail) -> None:
+            super().__init__()
+            self.body, self.last, self.skip, self.shuf = body, tail.last, tail.skip, tail.shuf
+
+        def forward(self, *args: torch.Tensor):
+            *inputs, t = args
+            x = self.body(*inputs)[0]
+            return (self.shuf(self.last(x) + self.skip(t - 0.5)) + 0.5,)
+
     def _logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return router(x)
 
-    return Stem, LayerProgram, BlockProgram, Tail
+    return Stem, LayerProgram, BlockProgram, Tail, WithTail
 
 
 def _router(head: Any):
@@ -137,9 +150,10 @@ def _bank_conv(sparse: Any, i: int):
     return conv
 
 
-def build_plan(deploy: Any, mode: str | None = None) -> DispatchPlan:
+def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True) -> DispatchPlan:
     """Split a deploy-form WDSR-NSR (`nsr_edge.deploy.to_deploy`, any strategy: heads and banks are the same) into
-    dispatch programs. ``mode`` None: ``block`` for shared-routing models, else ``layer``."""
+    dispatch programs. ``mode`` None: ``block`` for shared-routing models, else ``layer``. ``fuse_tail``: the tail runs
+    inside the last routed stage's programs (k copies of its small convs, one call fewer per tile)."""
     import copy
 
     from torch import nn
@@ -147,7 +161,7 @@ def build_plan(deploy: Any, mode: str | None = None) -> DispatchPlan:
     from nsr_edge.deploy import DeploySparseConv
     from nsr_edge.models import ResidualBlock
 
-    Stem, LayerProgram, BlockProgram, Tail = _modules()
+    Stem, LayerProgram, BlockProgram, Tail, WithTail = _modules()
     config = getattr(deploy, "config", None)
     body = getattr(deploy, "body", None)
     if config is None or body is None or not config.is_sparse:
@@ -199,8 +213,17 @@ def build_plan(deploy: Any, mode: str | None = None) -> DispatchPlan:
         stages.append({"name": f"block{b}.conv1", "methods": names1, "inputs": ["h", "x"], "route": "logits",
                        "outputs": ["x", "logits"] if nxt is not None else ["x"]})
     skip = copy.deepcopy(deploy.skip) if len(deploy.skip) else nn.Identity()
-    programs["tail"] = Tail(copy.deepcopy(last), skip, copy.deepcopy(deploy.shuf))
-    stages.append({"name": "tail", "methods": ["tail"], "inputs": ["x", "tile"], "outputs": ["output"]})
+    tail = Tail(copy.deepcopy(last), skip, copy.deepcopy(deploy.shuf))
+    if fuse_tail and blocks:
+        final = stages[-1]  # the last block's (last conv's) stage: its programs end in the tail
+        for n in final["methods"]:
+            programs[n] = WithTail(programs[n], copy.deepcopy(tail))
+        final["inputs"] = final["inputs"] + ["tile"]
+        final["outputs"] = ["output"]
+        final["name"] += "+tail"
+    else:
+        programs["tail"] = tail
+        stages.append({"name": "tail", "methods": ["tail"], "inputs": ["x", "tile"], "outputs": ["output"]})
     for p in programs.values():
         p.eval()
         for q in p.parameters():
@@ -245,8 +268,8 @@ def _float_filter(program: Any, fp32_parts: tuple[str, ...]):
 
     def allowed(node: Any) -> bool:
         fqns = [str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values()]
-        if float_adds and "add" in str(node.target) and (not fqns or fqns[-1] == ""):
-            return False  # the program's own adds: the residual add, the tail's skip add and +0.5
+        if float_adds and "add" in str(node.target) and (not fqns or fqns[-1] in ("", "body")):
+            return False  # the program's own adds: the residual add, the tail's skip add and +0.5 (``body``: WithTail)
         return not any(f == p or f.startswith(p + ".") for f in fqns for p in prefixes)
 
     return allowed
@@ -335,10 +358,10 @@ def program_examples(plan: DispatchPlan, tile: Any) -> dict[str, tuple]:
     return out
 
 
-def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = None,
-                      mode: str | None = None) -> tuple[bytes, dict[str, Any], list[LoweredMethod], list[str]]:
+def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = None, mode: str | None = None,
+                      fuse_tail: bool = True) -> tuple[bytes, dict[str, Any], list[LoweredMethod], list[str]]:
     """Plan -> (quantize) -> one .pte. Returns (pte bytes, the card's dispatch section, methods, notes)."""
-    plan = build_plan(deploy, mode)
+    plan = build_plan(deploy, mode, fuse_tail)
     modules, card = plan.programs, plan.card()
     if recipe.quantized:
         if tiles is None or not len(tiles):

@@ -60,7 +60,8 @@ def test_card_describes_the_orchestration(fp32):
     plan = card["target_extra"]["dispatch"]
     assert plan["mode"] == "layer" and plan["banks"] == 2 and plan["io_dtype"] == "float32"
     names = [s["name"] for s in plan["stages"]]
-    assert names == ["stem", "block0.conv0", "block0.conv1", "tail"]
+    assert names == ["stem", "block0.conv0", "block0.conv1+tail"]  # the tail runs inside the last routed programs
+    assert plan["stages"][-1]["inputs"] == ["h", "x", "tile"] and plan["stages"][-1]["outputs"] == ["output"]
     assert plan["stages"][1]["methods"] == ["b0_c0_k0", "b0_c0_k1"] and plan["stages"][1]["route"] == "logits"
     assert card["methods"][0]["name"] == "forward" and card["methods"][0]["input_shape"] == [1, 3, TILE, TILE]
     assert card["methods"][0]["output_shape"] == [1, 3, 2 * TILE, 2 * TILE]
@@ -165,9 +166,10 @@ def int8(tmp_path_factory):
 
 
 def test_block_programs_equal_the_hard_model_in_pytorch():
-    for cfg, mode, calls in ((SHARED, "block", 3), (SHARED, "layer", 4)):
+    for cfg, mode, fuse_tail, calls in ((SHARED, "block", True, 2), (SHARED, "block", False, 3),
+                                        (SHARED, "layer", True, 3), (SHARED, "layer", False, 4)):
         hard = to_deploy(_model(cfg), "hard")
-        plan = build_plan(hard, mode)
+        plan = build_plan(hard, mode, fuse_tail)
         assert plan.mode == mode and len(plan.stages) == calls
         x = torch.from_numpy(real_tiles(6))
         with torch.no_grad():
@@ -178,7 +180,7 @@ def test_block_programs_equal_the_hard_model_in_pytorch():
 
 def test_int8_card_block_mode_float_routers(int8):
     plan = int8["card"]["target_extra"]["dispatch"]
-    assert plan["mode"] == "block" and [s["name"] for s in plan["stages"]] == ["stem", "block0", "tail"]
+    assert plan["mode"] == "block" and [s["name"] for s in plan["stages"]] == ["stem", "block0+tail"]
     assert plan["routers"] == "float32" and "routing" in int8["card"]["recipe"]["fp32_parts"]
     cal = plan["calibration"]
     assert cal["per_bank"] and cal["per_program_tiles"]["stem"] == 16

@@ -6,9 +6,10 @@ routing logits, numpy, first index on ties; or the stage's only method), call it
 outputs under their names. The env starts with ``tile`` and ends with ``output``.
 
 The ExecuTorch pybindings link libtorch and take torch tensors: torch is imported lazily in `open_session`, never at
-module level. Values stay torch tensors between calls (no copies); only the logits are viewed as numpy. A method's
-outputs live in its own planned memory until it runs again, and each method runs at most once per tile, so the
-values a tile needs stay valid while it runs; the tile's output is copied out.
+module level. Values stay torch tensors between calls; only the logits are viewed as numpy. The pybindings clone
+every output, and that clone is needed: all methods of one program share one planned-memory arena (measured in
+ExecuTorch 1.5.1: ``clone_outputs=False`` hands back the same pointer from every method, and the next call overwrites
+it), so an uncloned value would not survive the next call. The clone costs ~6 us per 16x64x64 float tensor.
 """
 
 from __future__ import annotations
