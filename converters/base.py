@@ -219,6 +219,7 @@ TARGET_MODULES: dict[str, str] = {
     "coreml": "nsr_edge.converters.coreml",
     "executorch-coreml": "nsr_edge.converters.executorch_coreml",
     "executorch-dispatch": "nsr_edge.converters.executorch_dispatch",
+    "onnxruntime": "nsr_edge.converters.onnxruntime",
 }
 """Target name -> module defining it (imported on first use, so a missing optional stack fails only its target)."""
 

@@ -17,7 +17,8 @@ from nsr_edge.errors import UserError
 
 from .base import Fallback, LoweredMethod, LoweringResult, Recipe, register_target
 
-_NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr"}
+_NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr",
+                "alloc"}  # alloc: ExecuTorch's memory planning op (to_executorch() rewrites the edge graph in place)
 
 
 class _WhyLog(logging.Handler):
@@ -37,7 +38,7 @@ class _WhyLog(logging.Handler):
 def _op_name(node: Any) -> str:
     target = node.target
     name = getattr(target, "__name__", None) or str(target)
-    return name.replace("aten.", "").split(".default")[0]
+    return name.replace("aten.", "").split(".default")[0].removesuffix(".out")
 
 
 @register_target
@@ -137,6 +138,8 @@ def delegation_of(edge: Any, name: str, input_shape: list[int], output_shape: li
 def _default_reason(op: str, quantized: bool) -> str:
     if op in ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel"):
         return "quantize/dequantize at a float/int8 boundary outside a delegated int8 region"
+    if op in ("_clone_dim_order", "_to_dim_order_copy"):
+        return "layout copy (NCHW <-> channels-last) between delegates or at an output"
     if op in ("convolution",):
         return "convolution with a non-static (computed) weight: XNNPACK needs static weights"
     return "not supported by the XNNPACK partitioner in this graph form (no reason logged)"

@@ -5,3 +5,8 @@ import warnings
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 warnings.filterwarnings("ignore", message=".*has not been tested with coremltools.*")
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/cli_helpers.py (shared CLI helpers)

@@ -4,34 +4,21 @@ Real lowering and real runtime runs on a tiny model (1 block, width 8), a few se
 """
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from cli_helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.models import ModelConfig, build_model
 from nsr_edge.runtime.card import load_card
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.models import ModelConfig, build_model
+
 TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
-
-
-def run_cli(*args):
-    """The CLI in this process (its runtimes still run in child processes): exit code, stdout, stderr."""
-    import contextlib
-    import io
-
-    from nsr_edge.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +69,13 @@ def test_fp32_artifact_matches_eager_and_int8_is_close(artifacts):
     assert 0 < np.abs(y8 - ref).mean() < 0.05  # random weights and noise input: only a sanity bound
 
 
-def _one_line_error(r):
-    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
-    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
-    return err[0]
-
-
 def test_bad_input_is_one_line_and_overwrites_nothing(artifacts, tmp_path):
     ckpt = artifacts["ckpt"]
-    assert "not a trained model" in _one_line_error(run_cli("convert", "--model", "nope", "--out", tmp_path / "a"))
-    assert "unknown target" in _one_line_error(
+    assert "not a trained model" in one_line_error(run_cli("convert", "--model", "nope", "--out", tmp_path / "a"))
+    assert "unknown target" in one_line_error(
         run_cli("convert", "--model", ckpt, "--target", "tpu", "--out", tmp_path / "a"))
-    assert "--tile" in _one_line_error(run_cli("convert", "--model", ckpt, "--tile", "12", "--out", tmp_path / "a"))
-    assert "calibration data" in _one_line_error(
+    assert "--tile" in one_line_error(run_cli("convert", "--model", ckpt, "--tile", "12", "--out", tmp_path / "a"))
+    assert "calibration data" in one_line_error(
         run_cli("convert", "--model", ckpt, "--quant", "int8-ptq", "--calibration-dataset", "nowhere",
                 "--out", tmp_path / "a", "--tile", "32"))
     assert not (tmp_path / "a").exists()
@@ -103,7 +83,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(artifacts, tmp_path):
     keep = tmp_path / "keep"
     keep.mkdir()
     (keep / "mine.txt").write_text("x")
-    assert "--force" in _one_line_error(run_cli("convert", "--model", ckpt, "--out", keep))
+    assert "--force" in one_line_error(run_cli("convert", "--model", ckpt, "--out", keep))
     assert (keep / "mine.txt").read_text() == "x"
 
 
@@ -148,7 +128,7 @@ def test_strategy_auto_skips_candidates_that_fail_and_never_crashes(artifacts, t
     assert status["hard"].startswith("failed to run:") and "SIGABRT" in status["hard"]
     # nothing runnable at all: one line, exit 2, nothing written
     monkeypatch.setattr(auto, "convert", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
-    err = _one_line_error(run_cli("convert", "--model", artifacts["ckpt"], "--strategy", "auto", "--tile", "32",
+    err = one_line_error(run_cli("convert", "--model", artifacts["ckpt"], "--strategy", "auto", "--tile", "32",
                                   "--out", tmp_path / "none", "--quiet"))
     assert "no strategy produced a runnable artifact" in err and "kernel-mix: failed to convert: no" in err
     assert not (tmp_path / "none").exists()

@@ -5,15 +5,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-
-from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from cli_helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.models import ModelConfig, build_model
 from nsr_edge.runtime import validate as V
 from nsr_edge.runtime.card import CardError, artifact_path, load_card
 from nsr_edge.runtime.profile import latency_stats
@@ -21,26 +18,10 @@ from nsr_edge.runtime.runners.child import RunnerCrash, RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 from nsr_edge.runtime.tiling import deploy_spec
 
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.models import ModelConfig, build_model
+
 TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
-
-
-def run_cli(*args):
-    import contextlib
-    import io
-
-    from nsr_edge.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def _one_line_error(r):
-    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
-    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +63,18 @@ def test_corrupt_or_mismatched_artifacts_are_one_line_errors(artifacts, tmp_path
     bad = tmp_path / "bad"
     shutil.copytree(artifacts["fp32"], bad)
     (bad / "model.pte").write_bytes(b"\0" * 64)
-    assert "does not match its model card" in _one_line_error(run_cli("validate", bad, "--limit", "1"))
+    assert "does not match its model card" in one_line_error(run_cli("validate", bad, "--limit", "1"))
     card = json.loads((bad / "model.json").read_text())
     card["artifact"].update(bytes=64, sha256=hashlib.sha256(b"\0" * 64).hexdigest())
     (bad / "model.json").write_text(json.dumps(card))
-    assert "not a loadable ExecuTorch program" in _one_line_error(run_cli("profile", bad, "--runs", "1"))
+    assert "not a loadable ExecuTorch program" in one_line_error(run_cli("profile", bad, "--runs", "1"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "model.pte").write_bytes(b"PK\x03\x04 not ours")
-    assert "model card" in _one_line_error(run_cli("validate", foreign, "--limit", "1"))
+    assert "model card" in one_line_error(run_cli("validate", foreign, "--limit", "1"))
 
 
-def test_runtime_abort_becomes_a_one_line_error(artifacts):
+def test_runtime_abort_becomes_aone_line_error(artifacts):
     with RunnerProcess("executorch", str(artifacts["int8-ptq"] / "model.pte")) as p:
         os.kill(p.proc.pid, signal.SIGABRT)
         p.proc.wait()

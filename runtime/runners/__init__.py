@@ -20,6 +20,7 @@ RUNNERS: dict[str, str] = {
     "executorch": "nsr_edge.runtime.runners.executorch_runner",
     "coreml": "nsr_edge.runtime.runners.coreml_runner",
     "dispatch": "nsr_edge.runtime.runners.dispatch_runner",
+    "onnxruntime": "nsr_edge.runtime.runners.onnxruntime_runner",
 }
 
 

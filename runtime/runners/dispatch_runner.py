@@ -53,6 +53,9 @@ class DispatchSession:
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{path}: not a loadable ExecuTorch program ({str(e).splitlines()[0][:160]})") from None
         self.stages = plan["stages"]
+        self.layout = plan.get("layout", "contiguous")
+        if self.layout not in ("contiguous", "channels_last"):
+            raise UserError(f"{folder / CARD_FILE}: unknown dispatch layout {self.layout!r}")
         names = set(self.program.method_names)
         self._methods: dict[str, Any] = {}
         for st in self.stages:
@@ -70,6 +73,8 @@ class DispatchSession:
         self.last_routes: list[int] = []
 
     def _tile(self, t: Any, routes: list[int] | None = None) -> Any:
+        if self.layout == "channels_last":  # the programs were exported for channels-last I/O (XNNPACK's layout)
+            t = t.contiguous(memory_format=self._torch.channels_last)
         env = {"tile": t}
         for methods, inputs, outputs, route in self._plan:
             if route is None:

@@ -1,0 +1,85 @@
+"""Run an ``onnxruntime`` artifact (``model.onnx``) with ONNX Runtime's CPU execution provider.
+
+Torch-free (ORT takes numpy arrays): this runner works in the device-side environment. One file per method
+(`method_file`: ``model.onnx`` is ``forward``, the card's tile). Used through `child.RunnerProcess` like every
+runner, so a native abort in ORT becomes a one-line error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def method_file(method: str) -> str:
+    """The file holding ``method`` (the converter writes the same names)."""
+    return "model.onnx" if method == "forward" else f"model_{method}.onnx"
+
+
+class OnnxRuntimeSession:
+    def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise UserError(f"running .onnx artifacts needs onnxruntime ({e}); pip install onnxruntime") from None
+        file = Path(path)
+        if method != "forward":
+            file = file.parent / method_file(method)
+        if not file.is_file():
+            raise UserError(f"{file}: no such ONNX file (method {method!r})")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, int(threads or 0))  # 0: ORT's default (all cores)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for malformed models
+            raise UserError(f"{file}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError(f"{file}: {len(inputs)} inputs / {len(outputs)} outputs, expected one image in and one out")
+        shape = inputs[0].shape
+        if not all(isinstance(s, int) for s in shape):
+            raise UserError(f"{file}: input shape {shape} is not fixed; nsr-edge writes fixed-tile graphs")
+        self.threads = int(threads or 0)
+        self._input = inputs[0].name
+        self.input_shape = tuple(int(s) for s in shape)
+        self.output_shape = tuple(int(s) if isinstance(s, int) else -1 for s in outputs[0].shape)
+
+    def _execute(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if tuple(batch.shape[1:]) != self.input_shape[1:]:
+            raise UserError(f"input tiles {batch.shape[1:]} do not match the model's {self.input_shape[1:]}")
+        b = self.input_shape[0]
+        return np.concatenate([self._execute(batch[i : i + b]) for i in range(0, len(batch), b)])
+
+    def time_once(self, x: np.ndarray) -> float:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        start = time.perf_counter()
+        self._execute(x)
+        return time.perf_counter() - start
+
+    def planned_memory_bytes(self) -> int | None:
+        return None
+
+    def write_etdump(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.session = None
+
+
+def open_session(path: str, method: str = "forward", threads: int = 1, etdump: str | None = None,
+                 debug_buffer: str | None = None, debug_buffer_size: int = 0) -> Any:
+    if etdump:
+        raise UserError("per-op tracing is ExecuTorch's (ETDump); for ONNX Runtime artifacts profile without --per-op")
+    return OnnxRuntimeSession(path, method, threads)

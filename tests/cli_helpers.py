@@ -1,0 +1,23 @@
+"""Helpers the CLI-level tests share (tests/conftest.py puts this folder on sys.path)."""
+
+import contextlib
+import io
+import subprocess
+
+
+def run_cli(*args):
+    """The CLI in this process (its runtimes still run in child processes): exit code, stdout, stderr."""
+    from nsr_edge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def one_line_error(r) -> str:
+    """A user error: exit code 2, exactly one ``nsr-edge ...`` line on stderr and no traceback; returns that line."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
+    return err[0]

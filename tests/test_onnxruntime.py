@@ -1,0 +1,110 @@
+"""The ONNX Runtime target: every strategy exported and run by ORT equals the deploy form in PyTorch on real tiles;
+kernel-mix keeps the mixed kernels as computed Conv weights; validate/profile run it; bad input is one line."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import one_line_error, run_cli
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.converters.pipeline import ConvertOptions, convert
+from nsr_edge.deploy import to_deploy
+from nsr_edge.models import ModelConfig, RoutingConfig, build_model
+from nsr_edge.runtime import datasets, tiling
+from nsr_edge.runtime.card import load_card
+from nsr_edge.runtime.runners.child import RunnerProcess
+from nsr_edge.runtime.tasks import TaskSpec
+
+pytest.importorskip("onnxruntime")
+
+TILE = 32
+SOFT = ModelConfig("wdsr_nsr", 2, 3, blocks=2, width=8, width_multiplier=2.0, banks=3, cardinality=1)
+HARD = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1,
+                   routing=RoutingConfig(kind="straight_through"))
+
+
+def _checkpoint(cfg: ModelConfig, path, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # routing heads with visible spread, so mixing really differs per tile
+        for name, p in model.named_parameters():
+            if "head" in name or "routing" in name:
+                p.mul_(20.0)
+    save_checkpoint(Checkpoint(cfg, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), path)
+    return model
+
+
+def real_tiles(n: int = 10) -> np.ndarray:
+    pair = datasets.list_eval_images("set14", 2)[2]
+    x, _ = datasets.make_input(pair, "sr", 2)
+    tiles, _ = tiling.split(x, tiling.deploy_spec(TILE))
+    return np.ascontiguousarray(tiles[:: max(1, len(tiles) // n)][:n], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ort")
+    models = {"soft": _checkpoint(SOFT, root / "soft.pt"), "hard": _checkpoint(HARD, root / "hard.pt", 1)}
+    out = {"models": models, "ckpt": root / "soft.pt"}
+    for name, ckpt, strategy, extra in (("kernel-mix", "soft", "kernel-mix", (48,)),
+                                        ("output-mix", "soft", "output-mix", ()),
+                                        ("hard", "hard", "hard", ())):
+        out[name], _ = convert(ConvertOptions(str(root / f"{ckpt}.pt"), target="onnxruntime", strategy=strategy,
+                                              tile=TILE, extra_tiles=extra, progress=False), str(root / name))
+    return out
+
+
+@pytest.mark.parametrize("strategy,model", [("kernel-mix", "soft"), ("output-mix", "soft"), ("hard", "hard")])
+def test_ort_artifact_equals_the_deploy_form(arts, strategy, model):
+    tiles = real_tiles()
+    with torch.no_grad():
+        ref = to_deploy(arts["models"][model], strategy)(torch.from_numpy(tiles)).numpy()
+    with RunnerProcess("onnxruntime", str(arts[strategy] / "model.onnx"), "forward", 1) as proc:
+        out = proc.run(tiles)
+    assert out.shape == ref.shape and np.abs(out - ref).max() < 2e-5
+
+
+def test_kernel_mix_card_counts_computed_weight_convs(arts):
+    card = load_card(arts["kernel-mix"])
+    assert card["target"] == "onnxruntime" and card["runner"] == "onnxruntime" and card["strategy"] == "kernel-mix"
+    sparse_convs = 2 * SOFT.blocks
+    assert card["target_extra"]["onnx"]["computed_weight_convs"] == sparse_convs
+    assert load_card(arts["output-mix"])["target_extra"]["onnx"]["computed_weight_convs"] == 0
+    assert card["tools"]["onnxruntime"]
+    # --extra-tiles: one more graph, its own method
+    assert [m["name"] for m in card["methods"]] == ["forward", "forward_48x48"]
+    x = real_tiles(2)[:, :, :24, :24]
+    x48 = np.pad(x, ((0, 0), (0, 0), (12, 12), (12, 12)), mode="reflect")
+    with RunnerProcess("onnxruntime", str(arts["kernel-mix"] / "model.onnx"), "forward_48x48", 1) as proc:
+        out = proc.run(x48)
+    with torch.no_grad():
+        ref = to_deploy(arts["models"]["soft"], "kernel-mix")(torch.from_numpy(x48)).numpy()
+    assert np.abs(out - ref).max() < 2e-5
+
+
+def test_validate_and_profile_run_it(arts):
+    r = run_cli("validate", arts["kernel-mix"], "--dataset", "set5", "--limit", "2", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr[-600:]
+    summary = json.loads(r.stdout)["summary"]
+    assert abs(summary["drop_db"]) < 1e-3  # exact soft routing: the artifact is the FP32 model
+    r = run_cli("profile", arts["kernel-mix"], "--threads", "1", "--runs", "3", "--json")
+    assert r.returncode == 0, r.stderr[-600:]
+    assert json.loads(r.stdout)["median_ms"] > 0
+
+
+def test_bad_input_is_one_line(arts, tmp_path):
+    assert "does not support recipe int8-ptq" in one_line_error(run_cli(
+        "convert", "--model", arts["ckpt"], "--target", "onnxruntime", "--quant", "int8-ptq", "--out", tmp_path / "q"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    garbage = b"\x08\x07garbage" * 10
+    (broken / "model.onnx").write_bytes(garbage)
+    card = json.loads((arts["kernel-mix"] / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps(card))
+    assert "does not match its model card" in one_line_error(run_cli("validate", broken, "--dataset", "set5"))
+    # a card that vouches for the garbage: ORT itself refuses it, in the child process, as one line
+    card["artifact"].update(sha256=hashlib.sha256(garbage).hexdigest(), bytes=len(garbage))
+    (broken / "model.json").write_text(json.dumps(card))
+    assert "not a loadable ONNX model" in one_line_error(run_cli("validate", broken, "--dataset", "set5"))
