@@ -27,6 +27,25 @@ from .models import ModelConfig, build_model, count_parameters
 from .runtime.tasks import TaskSpec
 
 
+def _teacher(cfg: "TrainConfig", device: torch.device) -> nn.Module | None:
+    """The frozen distillation teacher, checked to produce the student's output shape (same scale and channels)."""
+    if not cfg.distill_from:
+        return None
+    t = load_checkpoint(cfg.distill_from)
+    if t.config.scale != cfg.model.scale or t.config.channels != cfg.model.channels:
+        raise UserError(f"--distill-from {cfg.distill_from}: a x{t.config.scale} {t.config.channels}-channel model "
+                        f"cannot teach a x{cfg.model.scale} {cfg.model.channels}-channel one")
+    task = (t.provenance or {}).get("task")
+    if task and TaskSpec.from_dict(task) != cfg.task:
+        raise UserError(f"--distill-from {cfg.distill_from}: trained for {TaskSpec.from_dict(task).label}, "
+                        f"not {cfg.task.label}")
+    teacher = build_model(t.config)
+    teacher.load_state_dict(t.state_dict)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
 @dataclass
 class TrainConfig:
     task: TaskSpec
@@ -46,6 +65,8 @@ class TrainConfig:
     data_dir: str | None = None
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), same architecture
     sparsity: dict[str, Any] = field(default_factory=dict)  # routing-training options (see `sparsity.py`)
+    distill_from: str | None = None  # teacher checkpoint (same task/scale): L1 to its output is added to the loss
+    distill_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,6 +171,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     if dist_info.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    teacher = _teacher(cfg, device)
     from .sparsity import SparsityTrainer  # routing schedules and auxiliary losses (no-ops for dense models)
 
     sparsity = SparsityTrainer(model, cfg.sparsity, cfg.steps)
@@ -173,6 +195,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             "patch_size": cfg.patch_size, "seed": cfg.seed, "train_seconds": round(elapsed, 1),
             "threads": torch.get_num_threads(), "device": str(device), "sparsity": cfg.sparsity,
             "init_from": cfg.init_from,
+            **({"distill_from": cfg.distill_from, "distill_weight": cfg.distill_weight} if cfg.distill_from else {}),
         }
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_checkpoint(Checkpoint(cfg.model, sd, provenance, training), path, force=True)
@@ -193,6 +216,10 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             pred = net(x)
             loss = F.l1_loss(pred, y)
             total = loss + sparsity.aux_loss()
+            if teacher is not None:  # distillation: also match the teacher (its output is a smoother target)
+                with torch.no_grad():
+                    target = teacher(x)
+                total = total + cfg.distill_weight * F.l1_loss(pred, target)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

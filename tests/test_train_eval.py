@@ -161,3 +161,39 @@ def test_torchrun_ddp_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "ddp" / "model.pt")
     assert ckpt.provenance["batch_size"] == 4  # 2 per rank x 2 ranks
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tmp_path, trained_tiny):
+    """--distill-from: the same fine-tune with the teacher term ends closer to the teacher than without it; the
+    provenance names the teacher; a teacher of another scale is refused."""
+    from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+    from nsr_edge.models import build_model
+
+    hard = TINY.with_(routing=TINY.routing.__class__(kind="straight_through"))
+    teacher = load_checkpoint(trained_tiny)
+    from nsr_edge.runtime import datasets
+
+    lr_img, _ = datasets.make_input(datasets.list_eval_images("set5", 2)[1], "sr", 2)
+    x = torch.from_numpy(np.ascontiguousarray(lr_img[None, :, :32, :32], dtype=np.float32))
+    t_model = build_model(TINY).eval()
+    t_model.load_state_dict(teacher.state_dict)
+    init = tmp_path / "init.pt"
+    torch.manual_seed(5)
+    save_checkpoint(Checkpoint(hard, build_model(hard).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), init)
+
+    def gap(path):
+        m = build_model(hard).eval()
+        m.load_state_dict(load_checkpoint(path).state_dict)
+        with torch.no_grad():
+            return float((m(x) - t_model(x)).abs().mean())
+
+    plain = train(tiny_config(steps=30, lr=3e-3, init_from=str(init)), tmp_path / "plain", show_progress=False)
+    out = train(tiny_config(steps=30, lr=3e-3, init_from=str(init), distill_from=str(trained_tiny),
+                            distill_weight=100.0), tmp_path / "kd", show_progress=False)
+    assert gap(out) < 0.7 * gap(plain), (gap(out), gap(plain), gap(init))
+    assert load_checkpoint(out).provenance["distill_from"] == str(trained_tiny)
+    other = tmp_path / "x3.pt"
+    cfg3 = TINY.with_(scale=3)
+    save_checkpoint(Checkpoint(cfg3, build_model(cfg3).state_dict(), {"task": TaskSpec("sr", scale=3).to_dict()}), other)
+    with pytest.raises(UserError, match="cannot teach"):
+        train(tiny_config(steps=2, distill_from=str(other)), tmp_path / "bad", show_progress=False)

@@ -35,6 +35,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
                    "task), e.g. with --routing straight_through to make a soft-routed model hard")
+    p.add_argument("--distill-from", help="teacher: a trained zoo model or checkpoint of the same task and scale "
+                   "(e.g. the soft-routed model a hard-routed fine-tune starts from); adds --distill-weight x "
+                   "L1(output, teacher output) to the loss")
+    p.add_argument("--distill-weight", type=float, default=1.0)
     g = p.add_argument_group("routing (NSR models)")
     g.add_argument("--routing", choices=("softmax", "sigmoid", "gumbel", "straight_through"))
     g.add_argument("--temperature", type=float, help="fixed softmax temperature")
@@ -112,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch_size=args.patch_size, lr=args.lr, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
         seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
         data_dir=args.data_dir, init_from=init_path, sparsity=sparsity,
+        distill_from=str(hub.checkpoint_path(args.distill_from)) if args.distill_from else None,
+        distill_weight=args.distill_weight if args.distill_from else 0.0,
     )
     print(describe(cfg))
     path = train(cfg, args.out)
