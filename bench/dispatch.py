@@ -1,8 +1,8 @@
 """Whole-model NSR on ExecuTorch/XNNPACK: host dispatch (hard routing) vs output mixing vs the dense models of equal
-parameters and equal MACs. Latency (1 thread, per 64 px tile, interleaved rounds in one run: min and median) and
-Set5 Y-PSNR through the deploy tiling, each artifact run by its real runner in a child process.
+parameters and equal MACs. Latency (1 thread, per tile, interleaved rounds in one run: min and median) and Y-PSNR
+through the deploy tiling, each artifact run by its real runner in a child process.
 
-    .venv/bin/python bench/dispatch.py [--work runs/bench_dispatch] [--rounds 15] [--out docs/dispatch.md]
+    .venv/bin/python bench/dispatch.py [--tile 64] [--sets set5 set14 bsd100] [--rounds 15] [--out docs/dispatch_bench.md]
 
 Artifacts are converted with `nsr-edge convert`'s pipeline (cached in --work: delete a folder to convert it again).
 """
@@ -27,16 +27,14 @@ from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
 from nsr_edge.runtime.card import artifact_path, load_card, tile_spec  # noqa: E402
 from nsr_edge.runtime.runners.child import RunnerProcess  # noqa: E402
 
-ST = "runs/hard/nsr_sr_x2_st/model.pt"
-SHARED = "runs/hard/nsr_sr_x2_shared_st/model.pt"
-
-
 def eqparams_model() -> str:
     return "dense_sr_x2_eqparams" if (ROOT / "zoo/dense_sr_x2_eqparams/model.pt").is_file() else \
         "runs/zoo/dense_sr_x2_eqparams/last.pt"
 
 
-def variants() -> list[tuple[str, dict]]:
+def variants(st: str | None, shared: str) -> list[tuple[str, dict]]:
+    """(name, ConvertOptions fields). ``st``: a per-layer hard-routed model (optional), ``shared``: a shared-routing
+    hard-routed model (the zoo's nsr_sr_x2_hard by default)."""
     eqp = eqparams_model()
     out = []
     for recipe in ("fp32", "int8-ptq"):
@@ -45,12 +43,28 @@ def variants() -> list[tuple[str, dict]]:
             (f"dense eqP {q}", dict(model=eqp, target="executorch", recipe=recipe)),
             (f"dense eqM {q}", dict(model="dense_sr_x2_eqmacs", target="executorch", recipe=recipe)),
             (f"NSR soft output-mix {q}", dict(model="nsr_sr_x2", target="executorch", recipe=recipe)),
-            (f"NSR ST output-mix {q}", dict(model=ST, target="executorch", recipe=recipe)),
-            (f"NSR ST dispatch/layer {q}", dict(model=ST, target="executorch-dispatch", recipe=recipe, strategy="hard")),
-            (f"NSR shared-ST dispatch/block {q}", dict(model=SHARED, target="executorch-dispatch", recipe=recipe,
-                                                       strategy="hard")),
+            (f"NSR hard output-mix {q}", dict(model=shared, target="executorch", recipe=recipe)),
+            (f"NSR hard dispatch/block {q}", dict(model=shared, target="executorch-dispatch", recipe=recipe,
+                                                  strategy="hard")),
         ]
-    return [(n, v) for n, v in out if (ROOT / v["model"]).exists() or not v["model"].startswith("runs/")]
+        if st:
+            out.append((f"NSR hard dispatch/layer {q}", dict(model=st, target="executorch-dispatch", recipe=recipe,
+                                                             strategy="hard")))
+    # ONNX Runtime (FP32): conv weights may be computed, so kernel mixing runs as is (exact soft routing)
+    out += [
+        ("dense eqP FP32 ORT", dict(model=eqp, target="onnxruntime")),
+        ("dense eqM FP32 ORT", dict(model="dense_sr_x2_eqmacs", target="onnxruntime")),
+        ("NSR soft output-mix FP32 ORT", dict(model="nsr_sr_x2", target="onnxruntime")),
+        ("NSR soft kernel-mix FP32 ORT", dict(model="nsr_sr_x2", target="onnxruntime", strategy="kernel-mix")),
+        ("NSR hard top-1 kernel gather FP32 ORT", dict(model=shared, target="onnxruntime", strategy="hard")),
+    ]
+    return out
+
+
+def baseline(name: str, kind: str) -> str:
+    """The dense model of equal params (kind "eqP") or MACs ("eqM") on the same runtime and precision as ``name``."""
+    q = "INT8" if "INT8" in name else "FP32"
+    return f"dense {kind} {q}" + (" ORT" if name.endswith(" ORT") else "")
 
 
 def slug(name: str) -> str:
@@ -61,6 +75,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "runs/bench_dispatch"))
     ap.add_argument("--tile", type=int, default=64)
+    ap.add_argument("--shared-model", default="nsr_sr_x2_hard",
+                    help="hard-routed shared-routing model (block dispatch)")
+    ap.add_argument("--layer-model", default=None, help="hard-routed per-layer-routing model (layer dispatch), optional")
+    ap.add_argument("--sets", nargs="*", default=["set5"], help="accuracy sets (deploy tiling)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--runs-per-round", type=int, default=4)
     ap.add_argument("--psnr-limit", type=int, default=None, help="first N Set5 images (default all 5)")
@@ -72,10 +90,11 @@ def main() -> int:
     os.chdir(ROOT)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    chosen = [(n, v) for n, v in variants() if not args.only or any(s in n for s in args.only)]
+    chosen = [(n, v) for n, v in variants(args.layer_model, args.shared_model)
+              if not args.only or any(s in n for s in args.only)]
     folders = {}
     for name, v in chosen:
-        folder = work / f"{slug(name)}_t{args.tile}"
+        folder = work / f"{slug(name)}_{slug(Path(v['model']).parent.name if '/' in v['model'] else v['model'])}_t{args.tile}"
         if not (folder / "model.json").is_file():
             t0 = time.time()
             print(f"converting {name} ...", file=sys.stderr, flush=True)
@@ -108,66 +127,63 @@ def main() -> int:
 
     (work / "latency.json").write_text(json.dumps({"latency": lat, "load": [load_before, load_after]}, indent=1))
 
-    # ---------------------------------------------------------------- accuracy: Set5 through the deploy tiling
-    psnr: dict[str, dict] = {}
-    soft_fp32 = None
+    # ---------------------------------------------------------------- accuracy: each set through the deploy tiling
+    psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
+    soft_fp32: dict[str, float] = {}
     if not args.skip_psnr:
         from nsr_edge.commands.deploy import load_inputs, reference_fn
         from nsr_edge.runtime.tasks import TaskSpec
         from nsr_edge.runtime.validate import validate_images
 
-        cache: dict[str, float] = {}
         for name, folder in folders.items():
             card = load_card(folder)
             task = TaskSpec.from_dict(card["model"]["task"])
-            _, inputs = load_inputs(task, "set5", None, None, args.psnr_limit)
-            try:
-                ref = reference_fn(card)
-            except Exception as e:  # noqa: BLE001 - e.g. a still-training checkpoint changed since conversion
-                print(f"{name}: no FP32 reference ({e})", file=sys.stderr)
-                ref = None
+            ref = reference_fn(card)
+            psnr[name] = {}
             with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:
-                rep = validate_images(inputs, task, tile_spec(card), proc.run, ref, progress=False)
-            s = rep["summary"]
-            psnr[name] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"] or float("nan"), "drop_db": s["drop_db"]}
-            if card["model"]["id"] == "nsr_sr_x2":
-                soft_fp32 = s["psnr_y_fp32"]
-            print(f"{name}: Set5 {s['psnr_y']:.3f} (its FP32 model {psnr[name]['fp32_model']:.3f})", file=sys.stderr,
-                  flush=True)
-        del cache
+                for dataset in args.sets:
+                    _, inputs = load_inputs(task, dataset, None, None, args.psnr_limit)
+                    s = validate_images(inputs, task, tile_spec(card), proc.run, ref, progress=False)["summary"]
+                    psnr[name][dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"]}
+                    if card["model"]["id"] == "nsr_sr_x2":
+                        soft_fp32[dataset] = s["psnr_y_fp32"]
+            print(f"{name}: " + ", ".join(f"{d} {v['psnr_y']:.3f} (FP32 model {v['fp32_model']:.3f})"
+                                          for d, v in psnr[name].items()), file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------------- report
-    def ratio(a: str, b: str, key: str) -> str:
-        return f"{lat[a][key] / lat[b][key]:.2f}" if a in lat and b in lat else "-"
+    def ratio(a: str, b: str, key: str = "min_ms") -> str:
+        return f"{lat[b][key] / lat[a][key]:.2f}" if a in lat and b in lat else "-"
 
     versions = {d: metadata.version(d) for d in ("torch", "executorch", "torchao", "numpy")}
     lines = [
-        "# Whole-model NSR dispatch on ExecuTorch/XNNPACK (SR x2, tile 64, 1 thread)", "",
-        f"Produced by `bench/dispatch.py` on {platform.machine()} ({os.cpu_count()} cores), Python "
-        f"{platform.python_version()}, " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds (other jobs were "
-        "training on this machine: absolute times are indicative, ratios come from the same interleaved rounds).",
+        f"# Whole-model NSR on ExecuTorch/XNNPACK (SR x2, tile {args.tile}, 1 thread)", "",
+        f"Produced by `bench/dispatch.py --tile {args.tile} --sets {' '.join(args.sets)}` on {platform.machine()} "
+        f"({os.cpu_count()} cores), Python {platform.python_version()}, "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds. "
         f"{args.rounds} interleaved rounds x {args.runs_per_round} runs per variant, one child process per artifact, "
-        "one 64x64 tile per run (dispatch: the whole host orchestration).", "",
-        "| variant | calls/tile | min ms | median ms | x eqP (median) | x eqM (median) | Set5 Y-PSNR | its FP32 model | "
-        "vs soft FP32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"one {args.tile} px tile per run (dispatch: the whole host orchestration). Speed-ups are eqP (or eqM) time / "
+        "variant time, by the min over all runs (the uncontended cost on a shared machine); medians are listed.",
+        f"Accuracy: Y-PSNR through the deploy tiling ({args.tile} px tiles), each artifact run by its runtime; "
+        "\"vs soft\" is against the soft-routed FP32 NSR model (nsr_sr_x2) on the same tiling.", "",
+        "| variant | calls/tile | min ms | median ms | speed-up vs eqP | vs eqM | "
+        + " | ".join(f"{d} Y-PSNR | vs soft" for d in args.sets) + " |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(args.sets),
     ]
     for name in procs:
-        q = "INT8" if "INT8" in name else "FP32"
         card = load_card(folders[name])
         calls = (card.get("target_extra") or {}).get("dispatch", {}).get("calls_per_tile", 1)
-        p = psnr.get(name, {})
-        vs_soft = f"{p['psnr_y'] - soft_fp32:+.3f}" if p and soft_fp32 is not None else "-"
+        cells = []
+        for d in args.sets:
+            v = psnr.get(name, {}).get(d)
+            cells += [f"{v['psnr_y']:.3f}" if v else "-",
+                      f"{v['psnr_y'] - soft_fp32[d]:+.3f}" if v and d in soft_fp32 else "-"]
         lines.append(f"| {name} | {calls} | {lat[name]['min_ms']:.2f} | {lat[name]['median_ms']:.2f} | "
-                     f"{ratio(name, f'dense eqP {q}', 'median_ms')} | {ratio(name, f'dense eqM {q}', 'median_ms')} | "
-                     f"{p.get('psnr_y', float('nan')):.3f} | {p.get('fp32_model', float('nan')):.3f} | {vs_soft} |")
-    lines += ["", "Ratios by min time: " + "; ".join(
-        f"{n}: x eqP {ratio(n, 'dense eqP ' + ('INT8' if 'INT8' in n else 'FP32'), 'min_ms')}, "
-        f"x eqM {ratio(n, 'dense eqM ' + ('INT8' if 'INT8' in n else 'FP32'), 'min_ms')}"
-        for n in procs if "NSR" in n) + ".", ""]
+                     f"{ratio(name, baseline(name, 'eqP'))} | {ratio(name, baseline(name, 'eqM'))} | " + " | ".join(cells) + " |")
+    lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
     (work / "results.json").write_text(json.dumps({"latency": lat, "psnr": psnr, "soft_fp32": soft_fp32,
-                                                   "load": [load_before, load_after]}, indent=1))
+                                                   "tile": args.tile, "load": [load_before, load_after]}, indent=1))
     print("\n".join(lines))
     return 0
 

@@ -27,7 +27,8 @@ from nsr_edge.runtime.tiling import REFERENCE, split  # noqa: E402
 
 
 def routing_stats(model: torch.nn.Module, task) -> dict:
-    """Mean top-1 probability and the smallest top-1/top-2 margin on real tiles (Set5's first image)."""
+    """Routing statistics on real tiles (Set5's first image): mean top-1 probability, top-1/top-2 margins, and how
+    unevenly the tiles spread over the banks (the busiest bank's share, over the routed layers)."""
     from nsr_edge.runtime import datasets
     from nsr_edge.runtime.evaluation import task_level
 
@@ -35,13 +36,37 @@ def routing_stats(model: torch.nn.Module, task) -> dict:
     inp, _ = datasets.make_input(pair, task.name, task_level(task))
     tiles, _ = split(inp, replace(REFERENCE, whole_below=0))  # always cut into 48 px tiles
     r = hard_routing_report(model, torch.from_numpy(tiles))
-    return {"top1": r.mean_top1_probability, "margin": r.min_top1_margin}
+    busiest = max((max(u) for u in r.bank_usage), default=1.0)
+    return {"top1": r.mean_top1_probability, "margin": r.min_top1_margin, "median_margin": r.median_top1_margin,
+            "busiest": busiest, "min_busiest": min((max(u) for u in r.bank_usage), default=1.0)}
+
+
+def _name(path: str) -> str:
+    p = Path(path)
+    return p.parent.name if p.suffix == ".pt" else path
+
+
+def _trained(prov: dict) -> str:
+    """How a checkpoint was trained, in a few words."""
+    parts = [f"{prov.get('steps')} steps of {prov.get('patch_size')} px"]
+    if prov.get("init_from"):
+        parts.append(f"from {Path(str(prov['init_from'])).parent.name}")
+    if (prov.get("sparsity") or {}).get("load_balance"):
+        parts.append(f"load balance {prov['sparsity']['load_balance']}")
+    if prov.get("distill_from"):
+        parts.append(f"distilled from {Path(str(prov['distill_from'])).parent.name} (w {prov.get('distill_weight')})")
+    return ", ".join(parts)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--hard", nargs="*", default=[], help="hard-routed checkpoints (ST fine-tunes, ...)")
+    ap.add_argument("--soft", nargs="*", default=[],
+                    help="more soft-routed checkpoints, evaluated as trained (e.g. the soft model fine-tuned for the "
+                         "same extra steps as a hard fine-tune: the budget-matched reference)")
+    ap.add_argument("--dense", nargs="*", default=[], help="more dense checkpoints (e.g. budget-matched baselines)")
+    ap.add_argument("--no-made-hard", action="store_true", help="skip the post-hoc argmax row")
     ap.add_argument("--sets", nargs="*", default=["set5", "set14", "bsd100"])
     ap.add_argument("--out", default=str(ROOT / "docs" / "hard_routing.md"))
     args = ap.parse_args()
@@ -60,15 +85,25 @@ def main() -> int:
     st = routing_stats(soft_model, task)
     add(f"nsr_sr_x{s} soft routing (training form)", soft_model,
         f"mean top-1 prob {st['top1']:.2f}, min margin {st['margin']:.3f}")
-    add(f"nsr_sr_x{s} made hard after training", to_deploy(soft_model, "hard"), "argmax of the soft router")
+    if not args.no_made_hard:
+        add(f"nsr_sr_x{s} made hard after training", to_deploy(soft_model, "hard"), "argmax of the soft router")
+    for path in args.soft:
+        resolved = hub.resolve(path, require_trained=True)
+        prov = resolved.checkpoint.provenance
+        add(f"{_name(path)} (soft)", resolved.build(), _trained(prov))
     for path in args.hard:
         resolved = hub.resolve(path, require_trained=True)
         model = resolved.build()
         st = routing_stats(model, task)
         prov = resolved.checkpoint.provenance
-        note = (f"{resolved.config.routing.kind}, {prov.get('steps')} steps from {Path(str(prov.get('init_from'))).parent.name or '-'}"
-                f"; router top-1 prob {st['top1']:.2f}, min margin {st['margin']:.3f}")
-        add(f"{Path(path).parent.name} (hard, deploy form)", to_deploy(model, "hard"), note)
+        shared = ", shared routing" if resolved.config.routing.shared else ""
+        note = (f"{resolved.config.routing.kind}{shared}, {_trained(prov)}"
+                f"; median top-1 margin {st['median_margin']:.4f}; busiest bank per layer takes "
+                f"{100 * st['min_busiest']:.0f}-{100 * st['busiest']:.0f}% of tiles")
+        add(f"{_name(path)} (hard, deploy form)", to_deploy(model, "hard"), note)
+    for path in args.dense:
+        resolved = hub.resolve(path, require_trained=True)
+        add(f"{_name(path)} (dense)", to_deploy(resolved.build(), "output-mix"), _trained(resolved.checkpoint.provenance))
     for kind in ("eqmacs", "eqparams"):
         zoo_id = f"dense_sr_x{s}_{kind}"
         if zoo_id in hub.zoo_ids():

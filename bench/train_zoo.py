@@ -29,6 +29,10 @@ BUDGET = {"batch_size": 16, "patch_size": 32, "threads": 1}
 # Steps per trio: the default model's (SR x2) gets more; the other tasks share a smaller budget.
 STEPS = {"nsr_sr_x2": 5000}
 DEFAULT_STEPS = 2000
+# Hard-routing fine-tunes (Job.init_from): from the soft model, 48 px patches (the deploy tiles' scale), lower lr.
+HARD = {"patch_size": 48, "lr": 2e-4,
+        "options": ["--routing", "straight_through", "--shared-routing", "--sparsity", '{"load_balance": 0.01}']}
+STEPS.update({"nsr_sr_x2_hard": 5000})
 
 
 @dataclass
@@ -42,15 +46,21 @@ class Job:
     quality: int = 0
     image_channels: int = 3
     baseline_of: str | None = None
-    baseline_kind: str | None = None  # equal-params | equal-macs
+    baseline_kind: str | None = None  # equal-params | equal-macs | hard-routing
     extra: list[str] = field(default_factory=list)
+    init_from: str | None = None  # a fine-tune of this zoo model (its architecture and task) with `extra` options
 
     @property
     def steps(self) -> int:
-        return STEPS.get(self.baseline_of or self.id, DEFAULT_STEPS)
+        return STEPS.get(self.id if self.init_from else (self.baseline_of or self.id), DEFAULT_STEPS)
 
     def command(self, steps: int | None = None) -> list[str]:
         steps = steps or self.steps
+        if self.init_from:
+            return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / self.id), "--init-from",
+                    self.init_from, "--steps", str(steps), "--batch-size", str(BUDGET["batch_size"]),
+                    "--patch-size", str(HARD["patch_size"]), "--lr", str(HARD["lr"]), "--threads",
+                    str(BUDGET["threads"]), "--checkpoint-every", "250", *self.extra]
         cmd = [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / self.id), "--task", self.task,
                "--model", self.arch, "--blocks", str(BASE["blocks"]), "--channels", str(BASE["channels"]),
                "--width-multiplier", str(self.width_multiplier), "--image-channels", str(self.image_channels),
@@ -79,12 +89,20 @@ def trio(nsr_id: str, **task: object) -> list[Job]:
     ]
 
 
+def hard(nsr_id: str) -> Job:
+    """The hard-routed (top-1) deploy variant of an NSR model: a fine-tune with shared (block-level) straight-through
+    routing and a load-balancing loss (docs/hard_routing.md measures the alternatives)."""
+    return Job(f"{nsr_id}_hard", task="", arch="wdsr_nsr", width_multiplier=NSR_WM, init_from=nsr_id,
+               baseline_of=nsr_id, baseline_kind="hard-routing", extra=list(HARD["options"]))
+
+
 def zoo_jobs() -> list[Job]:
     sr2, sr3, sr4 = (trio(f"nsr_sr_x{s}", task="sr", scale=s) for s in (2, 3, 4))
     dn = trio("nsr_denoise_s25_gray", task="denoise", noise=25.0, image_channels=1)
     jp = trio("nsr_jpeg_q10_gray", task="jpeg", quality=10, image_channels=1)
     # Priority order: the default model and its baselines first, then one model per task, then the rest.
-    return [*sr2, dn[0], jp[0], sr3[0], sr4[0], dn[1], jp[1], sr3[1], sr4[1], dn[2], jp[2], sr3[2], sr4[2]]
+    return [*sr2, dn[0], jp[0], sr3[0], sr4[0], dn[1], jp[1], sr3[1], sr4[1], dn[2], jp[2], sr3[2], sr4[2],
+            *(hard(f"nsr_sr_x{s}") for s in (2, 3, 4))]
 
 
 def run_job(job: Job, steps: int | None) -> tuple[str, int, float]:

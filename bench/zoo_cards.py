@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def baseline_rows(task: TaskSpec) -> list[dict]:
     return [r.summary() for r in evaluate_sets(target, task, list(task.eval_sets), [], None)]
 
 
+def _relative(value):
+    """Checkpoint paths recorded in provenance, relative to the repository (cards are committed)."""
+    return value.removeprefix(str(ROOT) + "/") if isinstance(value, str) else value
+
+
 def publish(job, ckpt: Checkpoint, results: list[dict]) -> dict:
     task = TaskSpec.from_dict(ckpt.provenance["task"])
     model = ckpt.build()
@@ -71,10 +77,10 @@ def publish(job, ckpt: Checkpoint, results: list[dict]) -> dict:
         "evaluation": "nsr-edge eval: Y (BT.601) PSNR/SSIM on 8-bit outputs, scale px shaved (SR); gray PSNR/SSIM "
                       "(denoise, JPEG); Gaussian-window SSIM; reference 48 px tiling (4 px reflect pad, stride 32)",
         "config": ckpt.config.to_dict(),
-        "training": {k: ckpt.provenance.get(k) for k in
+        "training": {k: _relative(ckpt.provenance.get(k)) for k in
                      ("dataset", "steps", "batch_size", "patch_size", "seed", "train_seconds", "threads", "device",
-                      "trained_by", "torch", "sparsity", "init_from")},
-        "train_command": "nsr-edge " + " ".join(job.command()[3:]).replace(str(RUNS) + "/", "runs/zoo/"),
+                      "trained_by", "torch", "sparsity", "init_from", "distill_from", "distill_weight")},
+        "train_command": "nsr-edge " + shlex.join(job.command()[3:]).replace(str(RUNS) + "/", "runs/zoo/"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + ", 2 cores, CPU only",
         "published": datetime.date.today().isoformat(),
         "nsr_edge": __version__,
@@ -108,7 +114,8 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
             lines.append(f"| {label} | - | - | " + " | ".join(
                 f"{b['psnr_y']:.2f} / {b['ssim_y']:.4f}" for b in base) + " |")
         for c in sorted(group, key=lambda c: (c["baseline_kind"] or "", c["id"])):
-            kind = f" (dense, {c['baseline_kind']})" if c["baseline_kind"] else " (NSR)"
+            kind = {None: " (NSR)", "hard-routing": " (NSR, hard top-1 routing)"}.get(
+                c["baseline_kind"], f" (dense, {c['baseline_kind']})")
             lines.append(f"| `{c['id']}`{kind} | {c['params']:,} | {c['macs_per_pixel']:,.0f} | " + " | ".join(
                 f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f}" for r in c["results"]) + " |")
         if key in PAPER:

@@ -15,7 +15,7 @@ The deploy model is a different graph with the same function; `tests/test_deploy
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -249,6 +249,8 @@ class HardRoutingReport:
     mean_top1_probability: float  # of the routing softmax; 1.0 means routing is (nearly) one-hot
     min_top1_margin: float  # smallest gap between the best and second-best routing probability
     exact: bool
+    median_top1_margin: float = 1.0
+    bank_usage: list[list[float]] = field(default_factory=list)  # per routed layer (and group): share of tiles per bank
 
 
 @torch.no_grad()
@@ -275,11 +277,13 @@ def hard_routing_report(model: nn.Module, x: torch.Tensor) -> HardRoutingReport:
     soft(x)
     for h in hooks:
         h.remove()
-    top1, margins = [], []
+    top1, margins, usage = [], [], []
     for p in probs:
         top2 = p.topk(min(2, p.shape[-1]), dim=-1).values
         top1.append(top2[..., 0].flatten())
         margins.append((top2[..., 0] - top2[..., -1]).flatten())
+        choice = p.reshape(-1, p.shape[-1]).argmax(-1)
+        usage.append((torch.bincount(choice, minlength=p.shape[-1]).float() / len(choice)).tolist())
     err = (y_soft - y_hard).abs()
     return HardRoutingReport(
         max_abs_error=float(err.max()),
@@ -287,6 +291,8 @@ def hard_routing_report(model: nn.Module, x: torch.Tensor) -> HardRoutingReport:
         mean_top1_probability=float(torch.cat(top1).mean()) if top1 else 1.0,
         min_top1_margin=float(torch.cat(margins).min()) if margins else 1.0,
         exact=bool(torch.equal(y_soft, y_hard)),
+        median_top1_margin=float(torch.cat(margins).median()) if margins else 1.0,
+        bank_usage=usage,
     )
 
 
