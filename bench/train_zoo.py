@@ -32,7 +32,7 @@ DEFAULT_STEPS = 2000
 # Hard-routing fine-tunes (Job.init_from): from the soft model, 48 px patches (the deploy tiles' scale), lower lr.
 HARD = {"patch_size": 48, "lr": 2e-4,
         "options": ["--routing", "straight_through", "--shared-routing", "--sparsity", '{"load_balance": 0.01}']}
-STEPS.update({"nsr_sr_x2_hard": 5000})
+STEPS.update({"nsr_sr_x2_hard": 10000})
 
 
 @dataclass
