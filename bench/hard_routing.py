@@ -1,7 +1,7 @@
 """Accuracy cost of hard (top-1) routing: soft NSR vs the same model made hard, vs hard-trained variants, vs the dense
 models of equal MACs and equal parameters. Same evaluation as `nsr-edge eval` (reference 48 px tiling).
 
-    .venv/bin/python bench/hard_routing.py --scale 2 --hard runs/hard/nsr_sr_x2_st/model.pt [...] [--out docs/hard_routing.md]
+    .venv/bin/python bench/hard_routing.py --scale 2 --hard nsr_sr_x2_hard [...] [--soft ...] [--dense ...]
 
 Every model is evaluated in the deploy form that would run on a device: `hard` for the routed ones (top-1 bank per
 tile, static banks), the folded dense net for the baselines.
@@ -68,8 +68,9 @@ def main() -> int:
     ap.add_argument("--dense", nargs="*", default=[], help="more dense checkpoints (e.g. budget-matched baselines)")
     ap.add_argument("--no-made-hard", action="store_true", help="skip the post-hoc argmax row")
     ap.add_argument("--sets", nargs="*", default=["set5", "set14", "bsd100"])
-    ap.add_argument("--out", default=str(ROOT / "docs" / "hard_routing.md"))
+    ap.add_argument("--out", help="default docs/hard_routing_x<scale>.md (docs/hard_routing.md summarises them)")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "docs" / f"hard_routing_x{args.scale}.md")
     torch.set_num_threads(1)
     s = args.scale
     soft = hub.resolve(f"nsr_sr_x{s}", require_trained=True)
@@ -109,11 +110,14 @@ def main() -> int:
         if zoo_id in hub.zoo_ids():
             add(zoo_id, to_deploy(hub.resolve(zoo_id).build(), "output-mix"), "dense")
     lines = [f"# Hard routing, SR x{s}", "",
-             f"Produced by `bench/hard_routing.py --scale {s} ...`. Y-PSNR (dB) on the reference tiling; hard rows run",
+             f"Produced by `bench/hard_routing.py {' '.join(sys.argv[1:])}`. Y-PSNR (dB) on the reference tiling; hard rows run",
              "the deploy form a device would run (top-1 bank per 48 px tile, static banks).", "",
-             "| model | " + " | ".join(args.sets) + " | note |", "|---|" + "---:|" * len(args.sets) + "---|"]
+             "| model | " + " | ".join(args.sets) + " | vs soft NSR | note |",
+             "|---|" + "---:|" * len(args.sets) + "---|---|"]
+    soft_res = rows[0][2]
     for label, note, res in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{r['psnr_y']:.3f}" for r in res) + f" | {note} |")
+        delta = " / ".join(f"{r['psnr_y'] - b['psnr_y']:+.3f}" for r, b in zip(res, soft_res))
+        lines.append(f"| {label} | " + " | ".join(f"{r['psnr_y']:.3f}" for r in res) + f" | {delta} | {note} |")
     lines += ["", f"Machine: {platform.machine()}, 2 cores; torch {torch.__version__}.", ""]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")

@@ -122,6 +122,9 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
             lines.append("| paper-scale EDSR+NSR (reference README) | 4,877,812 | - | " + " | ".join(
                 f"{PAPER[key][s]:.2f}" if s in PAPER[key] else "-" for s in sets) + " |")
         lines.append("")
+    if any(c["baseline_kind"] == "hard-routing" for c in cards):
+        lines += ["Hard top-1 rows are fine-tunes of the NSR model above them (extra steps on 48 px patches, in their "
+                  "cards): compare them with the NSR model at equal training budget in docs/hard_routing.md.", ""]
     lines += [f"Reference row: {PAPER_SOURCE}. Our models are ~20x smaller and trained for minutes on 2 CPU cores.",
               f"Machine: {platform.machine()}, 2 cores, CPU only; torch {torch.__version__}.", ""]
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 A runner module defines ``open_session(artifact_path, method, threads, etdump=None) -> Session`` where a session has
 ``input_shape`` (the method's fixed NCHW input), ``run(batch) -> batch`` (numpy float32 in and out, one call per tile
-when the method has batch 1), ``time_once(x) -> seconds``, ``planned_memory_bytes()`` and ``close()``. Runner modules
+when the method has batch 1), ``time_once(x) -> seconds``, ``close()``, and ``planned_memory_bytes()`` /
+``write_etdump()`` (defaults in `session.Session`, which every session subclasses). Runner modules
 import their runtime lazily inside functions, so this package imports without torch; the runtime itself always runs in
 a child process (`child.RunnerProcess`) so that a native abort becomes a one-line error.
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .session import Session
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -54,7 +55,7 @@ def _method_tile(method: str) -> int | None:
     raise UserError(f"Core ML artifacts have methods 'forward' and 'forward_TxT', not {method!r}")
 
 
-class CoreMLSession:
+class CoreMLSession(Session):
     def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
         self.path = Path(path)
         self.backend = backend_name()
@@ -162,12 +163,6 @@ class CoreMLSession:
         start = time.perf_counter()
         self._predict(np.asarray(x, dtype=np.float32))
         return time.perf_counter() - start
-
-    def planned_memory_bytes(self) -> int | None:
-        return None
-
-    def write_etdump(self) -> None:
-        pass
 
     def close(self) -> None:
         self._evaluator = None

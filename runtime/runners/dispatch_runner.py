@@ -22,9 +22,10 @@ import numpy as np
 
 from ..card import CARD_FILE, load_card
 from ..errors import UserError
+from .session import Session
 
 
-class DispatchSession:
+class DispatchSession(Session):
     def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
         import torch  # noqa: F401  (the pybindings need libtorch loaded first)
         from executorch.extension.pybindings import portable_lib
@@ -112,12 +113,6 @@ class DispatchSession:
         for i in range(t.shape[0]):
             self._tile(t[i : i + 1])
         return time.perf_counter() - start
-
-    def planned_memory_bytes(self) -> int | None:
-        return None
-
-    def write_etdump(self) -> None:
-        pass
 
     def close(self) -> None:
         self._plan = []

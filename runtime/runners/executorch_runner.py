@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .session import Session
 
 
-class ExecuTorchSession:
+class ExecuTorchSession(Session):
     def __init__(self, path: str, method: str, threads: int, etdump: str | None = None,
                  debug_buffer: str | None = None, debug_buffer_size: int = 0) -> None:
         import torch  # noqa: F401  (the pybindings need libtorch loaded first)
@@ -66,9 +67,6 @@ class ExecuTorchSession:
         start = time.perf_counter()
         self.method.execute([t])
         return time.perf_counter() - start
-
-    def planned_memory_bytes(self) -> int | None:
-        return None  # not exposed by the 1.5 Python bindings; peak RSS of the runner process is reported instead
 
     def write_etdump(self) -> None:
         if self.etdump:

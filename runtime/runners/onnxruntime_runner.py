@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from .session import Session
 
 
 def method_file(method: str) -> str:
@@ -21,7 +22,7 @@ def method_file(method: str) -> str:
     return "model.onnx" if method == "forward" else f"model_{method}.onnx"
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(Session):
     def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
         try:
             import onnxruntime as ort
@@ -67,12 +68,6 @@ class OnnxRuntimeSession:
         start = time.perf_counter()
         self._execute(x)
         return time.perf_counter() - start
-
-    def planned_memory_bytes(self) -> int | None:
-        return None
-
-    def write_etdump(self) -> None:
-        pass
 
     def close(self) -> None:
         self.session = None
