@@ -9,4 +9,4 @@ warnings.filterwarnings("ignore", message=".*has not been tested with coremltool
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/cli_helpers.py (shared CLI helpers)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py (shared test helpers)

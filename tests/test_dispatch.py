@@ -5,13 +5,13 @@ the artifact equals the PyTorch `hard` deploy form on real tiles, its routing de
 validate/profile run it like any artifact.
 """
 
+import helpers
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_cli
+from helpers import run_cli
 from nsr_edge.converters.executorch_dispatch import build_plan, run_programs
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime import datasets, tiling
 from nsr_edge.runtime.card import load_card
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
@@ -38,10 +38,7 @@ def _model(cfg):
 
 
 def real_tiles(n=12):
-    pair = datasets.list_eval_images("set5", 2)[0]
-    x, _ = datasets.make_input(pair, "sr", 2)
-    tiles, _ = tiling.split(x, tiling.deploy_spec(TILE))
-    return np.ascontiguousarray(tiles[:: max(1, len(tiles) // n)][:n], dtype=np.float32)
+    return helpers.real_tiles(TILE, n)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime.card import load_card
 from nsr_edge.runtime.runners.child import RunnerProcess

@@ -4,18 +4,19 @@ kernel-mix keeps the mixed kernels as computed Conv weights; validate/profile ru
 import hashlib
 import json
 
+import helpers
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_line_error, run_cli
-from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.deploy import to_deploy
-from nsr_edge.models import ModelConfig, RoutingConfig, build_model
-from nsr_edge.runtime import datasets, tiling
 from nsr_edge.runtime.card import load_card
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
+
+from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+from nsr_edge.deploy import to_deploy
+from nsr_edge.models import ModelConfig, RoutingConfig, build_model
 
 pytest.importorskip("onnxruntime")
 
@@ -37,10 +38,7 @@ def _checkpoint(cfg: ModelConfig, path, seed: int = 0):
 
 
 def real_tiles(n: int = 10) -> np.ndarray:
-    pair = datasets.list_eval_images("set14", 2)[2]
-    x, _ = datasets.make_input(pair, "sr", 2)
-    tiles, _ = tiling.split(x, tiling.deploy_spec(TILE))
-    return np.ascontiguousarray(tiles[:: max(1, len(tiles) // n)][:n], dtype=np.float32)
+    return helpers.real_tiles(TILE, n, "set14", 2)
 
 
 @pytest.fixture(scope="module")

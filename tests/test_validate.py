@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime import validate as V
 from nsr_edge.runtime.card import CardError, artifact_path, load_card

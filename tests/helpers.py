@@ -1,4 +1,4 @@
-"""Helpers the CLI-level tests share (tests/conftest.py puts this folder on sys.path)."""
+"""Helpers the tests share (tests/conftest.py puts this folder on sys.path)."""
 
 import contextlib
 import io
@@ -21,3 +21,14 @@ def one_line_error(r) -> str:
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("nsr-edge")]
     assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
     return err[0]
+
+
+def real_tiles(tile: int, n: int = 12, dataset: str = "set5", image: int = 0):
+    """``n`` deploy tiles (``tile`` px, x2 SR inputs) spread over one real image of ``dataset``."""
+    import numpy as np
+    from nsr_edge.runtime import datasets, tiling
+
+    pair = datasets.list_eval_images(dataset, 2)[image]
+    x, _ = datasets.make_input(pair, "sr", 2)
+    tiles, _ = tiling.split(x, tiling.deploy_spec(tile))
+    return np.ascontiguousarray(tiles[:: max(1, len(tiles) // n)][:n], dtype=np.float32)
