@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from importlib import metadata
@@ -157,7 +158,7 @@ def main() -> int:
     versions = {d: metadata.version(d) for d in ("torch", "executorch", "torchao", "numpy")}
     lines = [
         f"# Whole-model NSR on ExecuTorch/XNNPACK (SR x2, tile {args.tile}, 1 thread)", "",
-        f"Produced by `bench/dispatch.py --tile {args.tile} --sets {' '.join(args.sets)}` on {platform.machine()} "
+        f"Produced by `bench/dispatch.py {shlex.join(sys.argv[1:])}` on {platform.machine()} "
         f"({os.cpu_count()} cores), Python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds. "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 from dataclasses import replace
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def main() -> int:
         if zoo_id in hub.zoo_ids():
             add(zoo_id, to_deploy(hub.resolve(zoo_id).build(), "output-mix"), "dense")
     lines = [f"# Hard routing, SR x{s}", "",
-             f"Produced by `bench/hard_routing.py {' '.join(sys.argv[1:])}`. Y-PSNR (dB) on the reference tiling; hard rows run",
+             f"Produced by `bench/hard_routing.py {shlex.join(sys.argv[1:])}`. Y-PSNR (dB) on the reference tiling; hard rows run",
              "the deploy form a device would run (top-1 bank per 48 px tile, static banks).", "",
              "| model | " + " | ".join(args.sets) + " | vs soft NSR | note |",
              "|---|" + "---:|" * len(args.sets) + "---|---|"]

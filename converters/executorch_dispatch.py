@@ -29,7 +29,7 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import LoweredMethod, LoweringResult, Recipe, register_target
+from .base import Fallback, LoweredMethod, LoweringResult, Recipe, register_target
 
 MODES = ("layer", "block")
 LAYOUT = "channels_last"  # of every program input and output, the tile included (the card's dispatch.layout)
@@ -424,10 +424,13 @@ class ExecuTorchDispatchTarget:
         with torch.no_grad():
             out_shape = list(model(x).shape)
         # "forward" is the orchestrated whole network (what validate/profile run); the programs are in the card.
+        outside: dict[str, Fallback] = {}  # one line per op kind over all programs
+        for f in (f for m in methods for f in m.fallbacks):
+            prev = outside.get(f.op)
+            outside[f.op] = Fallback(f.op, f.count + (prev.count if prev else 0), f.reason)
         fwd = LoweredMethod("forward", plan_in, out_shape,
                             sum(m.delegated_ops for m in methods), sum(m.total_ops for m in methods),
-                            sum(m.partitions for m in methods),
-                            [f for m in methods for f in m.fallbacks])
+                            sum(m.partitions for m in methods), list(outside.values()))
         notes = notes + [f"{len(methods)} programs in one .pte, {dispatch['calls_per_tile']} calls per tile "
                          f"({dispatch['mode']} dispatch); forward is the host orchestration in the card"]
         return LoweringResult({self.artifact_file: pte}, [fwd], "XNNPACK", notes, extra={"dispatch": dispatch})
