@@ -18,11 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nsr_edge.runtime.runners.onnxruntime_runner import (
-    method_file,  # one naming rule for writer and reader
-)
-
 from nsr_edge.errors import UserError
+from nsr_edge.runtime.runners.onnxruntime_runner import method_file  # one naming rule for writer and reader
 
 from .base import LoweredMethod, LoweringResult, Recipe, register_target
 
@@ -79,22 +76,21 @@ class OnnxRuntimeTarget:
 
         files: dict[str, bytes] = {}
         methods: list[LoweredMethod] = []
-        summary: dict[str, Any] = {}
+        infos: list[dict[str, Any]] = []
         for i, x in enumerate(examples):
             name = "forward" if i == 0 else f"forward_{x.shape[-2]}x{x.shape[-1]}"
             with torch.no_grad():
                 y = model(x)
             data = export_onnx(model, x)
             files[method_file(name)] = data
-            info = graph_summary(data)
-            summary.setdefault("forward", info)
-            methods.append(LoweredMethod(name, list(x.shape), list(y.shape), info["nodes"], info["nodes"], 1))
+            infos.append(graph_summary(data))
+            methods.append(LoweredMethod(name, list(x.shape), list(y.shape), infos[-1]["nodes"], infos[-1]["nodes"], 1))
+        forward = infos[0]
         notes = ["ONNX Runtime CPU execution provider (MLAS): model.onnx holds the card's tile, one "
                  "model_<method>.onnx per extra tile"]
-        if summary["forward"]["computed_weight_convs"]:
-            notes.append(f"{summary['forward']['computed_weight_convs']} convs take per-tile mixed weights "
-                         "(kernel-mix: exact soft routing at about one bank's MACs; no weight prepacking)")
-        return LoweringResult(files, methods, "ORT-CPU", notes, extra={"onnx": summary["forward"]})
-
+        if forward["computed_weight_convs"]:
+            notes.append(f"{forward['computed_weight_convs']} convs take weights computed per tile (mixed or gathered "
+                         "from the banks: about one bank's MACs; no weight prepacking)")
+        return LoweringResult(files, methods, "ORT-CPU", notes, extra={"onnx": forward})
 
 __all__ = ["OnnxRuntimeTarget", "export_onnx", "graph_summary", "method_file"]
