@@ -148,8 +148,8 @@ def main() -> int:
         "# Fig. 5 on ExecuTorch/XNNPACK: one sparse conv3x3 layer, 64 input channels, 1 thread", "",
         f"Produced by `bench/fig5.py` on {platform.machine()} ({os.cpu_count()} cores), Python "
         f"{platform.python_version()}, " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f". Load average "
-        f"{load_before[0]:.1f} before / {load_after[0]:.1f} after (other jobs were training: absolute ms are "
-        "indicative; ratios come from the same interleaved rounds).",
+        f"{load_before[0]:.1f} before / {load_after[0]:.1f} after (ratios come from the same "
+        "interleaved rounds).",
         f"ms per batch of {BATCH} tiles {TILE}x{TILE} (one call per tile), median (min); {args.rounds} rounds. "
         "Fixed FLOPs: every bank 64->64 (params k x). Fixed model size: every bank 64->64/k (params of one 64->64).",
         "eqM = dense conv of one bank's MACs; eqP = dense conv with all banks' parameters (k*Cout outputs); "
