@@ -260,6 +260,12 @@ def get_target(name: str) -> Target:
 # ---------------------------------------------------------------------------------------------------- shared helpers
 
 
+def method_name(index: int, example: "torch.Tensor") -> str:
+    """The artifact method for the ``index``-th example input: ``forward`` (the card's tile), then
+    ``forward_<h>x<w>`` for each ``--extra-tiles`` size. Every target and runner names methods this way."""
+    return "forward" if index == 0 else f"forward_{example.shape[-2]}x{example.shape[-1]}"
+
+
 def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
     """Refuse a non-empty output folder (or a file in its place) unless ``force``. Call before any long work."""
     path = Path(out)

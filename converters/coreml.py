@@ -37,7 +37,7 @@ from torch import nn
 from nsr_edge.deploy import DeploySparseConv, OutputMixingConv, RoutingHead, to_deploy
 from nsr_edge.errors import UserError
 
-from .base import LoweredMethod, LoweringResult, Recipe, register_target
+from .base import LoweredMethod, LoweringResult, Recipe, method_name, register_target
 
 PRECISIONS = ("fp16", "fp32")
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -581,10 +581,9 @@ class CoreMLTarget:
         ops = result.card_fields()["mil_ops"]
         total = sum(v for k, v in ops.items() if k != "const" and not k.startswith("constexpr_"))
         for i, x in enumerate(examples):
-            t = int(x.shape[-1])
             with torch.no_grad():
                 out_shape = list(model(x).shape)
-            methods.append(LoweredMethod("forward" if i == 0 else f"forward_{t}x{t}", list(x.shape), out_shape,
+            methods.append(LoweredMethod(method_name(i, x), list(x.shape), out_shape,
                                          delegated_ops=total, total_ops=total, partitions=1))
         extra = {"coreml": {**result.card_fields(), **({"qat": qat_info} if qat_info else {})}}
         notes = ["Core ML decides CPU/GPU/Neural Engine placement when the model loads on the device; the counts are "

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from nsr_edge.errors import UserError
 
-from .base import Fallback, LoweredMethod, LoweringResult, Recipe, register_target
+from .base import Fallback, LoweredMethod, LoweringResult, Recipe, method_name, register_target
 
 _NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr",
                 "alloc"}  # alloc: ExecuTorch's memory planning op (to_executorch() rewrites the edge graph in place)
@@ -39,6 +39,21 @@ def _op_name(node: Any) -> str:
     target = node.target
     name = getattr(target, "__name__", None) or str(target)
     return name.replace("aten.", "").split(".default")[0].removesuffix(".out")
+
+
+def export_methods(model: Any, examples: list[Any]) -> tuple[dict[str, Any], dict[str, tuple[list[int], list[int]]]]:
+    """One exported program per example tile (`method_name`), and each method's (input, output) shapes."""
+    import torch
+
+    programs: dict[str, Any] = {}
+    shapes: dict[str, tuple[list[int], list[int]]] = {}
+    for i, x in enumerate(examples):
+        name = method_name(i, x)
+        with torch.no_grad():
+            y = model(x)
+        programs[name] = torch.export.export(model, (x,))
+        shapes[name] = (list(x.shape), list(y.shape))
+    return programs, shapes
 
 
 @register_target
@@ -72,18 +87,10 @@ class ExecuTorchTarget:
         return quantizer
 
     def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool) -> LoweringResult:
-        import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        programs: dict[str, Any] = {}
-        shapes: dict[str, tuple[list[int], list[int]]] = {}
-        for i, x in enumerate(examples):
-            name = "forward" if i == 0 else f"forward_{x.shape[-2]}x{x.shape[-1]}"
-            with torch.no_grad():
-                y = model(x)
-            programs[name] = torch.export.export(model, (x,))
-            shapes[name] = (list(x.shape), list(y.shape))
+        programs, shapes = export_methods(model, examples)
 
         why = _WhyLog()
         xnn_logger = logging.getLogger("executorch.backends.xnnpack")

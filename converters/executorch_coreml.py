@@ -43,7 +43,6 @@ class ExecuTorchCoreMLTarget:
 
     def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool, **_: Any) -> LoweringResult:
         import coremltools as ct
-        import torch
         from executorch.backends.apple.coreml.compiler import CoreMLBackend
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -65,14 +64,9 @@ class ExecuTorchCoreMLTarget:
             minimum_deployment_target=getattr(ct.target, self.deployment_target),
             op_linear_quantizer_config=quantizer_config,
         )
-        programs: dict[str, Any] = {}
-        shapes: dict[str, tuple[list[int], list[int]]] = {}
-        for i, x in enumerate(examples):
-            name = "forward" if i == 0 else f"forward_{x.shape[-2]}x{x.shape[-1]}"
-            with torch.no_grad():
-                y = model(x)
-            programs[name] = torch.export.export(model.eval(), (x,))
-            shapes[name] = (list(x.shape), list(y.shape))
+        from .executorch import export_methods
+
+        programs, shapes = export_methods(model.eval(), examples)
         # The backend logs every partitioned node at INFO and a spec-version WARNING per method: keep them quiet.
         names = ["executorch.backends.apple.coreml"] + [n for n in logging.root.manager.loggerDict
                                                          if n.startswith("executorch.backends.apple.coreml.")]

@@ -21,7 +21,7 @@ from typing import Any
 from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.onnxruntime_runner import method_file  # one naming rule for writer and reader
 
-from .base import LoweredMethod, LoweringResult, Recipe, register_target
+from .base import LoweredMethod, LoweringResult, Recipe, method_name, register_target
 
 
 def export_onnx(model: Any, example: Any) -> bytes:
@@ -78,7 +78,7 @@ class OnnxRuntimeTarget:
         methods: list[LoweredMethod] = []
         infos: list[dict[str, Any]] = []
         for i, x in enumerate(examples):
-            name = "forward" if i == 0 else f"forward_{x.shape[-2]}x{x.shape[-1]}"
+            name = method_name(i, x)
             with torch.no_grad():
                 y = model(x)
             data = export_onnx(model, x)

@@ -41,15 +41,19 @@ def real_tiles(n=12):
     return helpers.real_tiles(TILE, n)
 
 
+def _convert(root, cfg, **options):
+    """Save a model of ``cfg`` as a checkpoint and convert it for executorch-dispatch (hard routing)."""
+    model = _model(cfg)
+    ckpt = root / "model.pt"
+    save_checkpoint(Checkpoint(cfg, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    out, card = convert(ConvertOptions(str(ckpt), target="executorch-dispatch", strategy="hard", tile=TILE,
+                                       progress=False, **options), str(root / "artifact"))
+    return {"ckpt": ckpt, "out": out, "card": card, "model": model}
+
+
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dispatch")
-    model = _model(ST)
-    ckpt = root / "st.pt"
-    save_checkpoint(Checkpoint(ST, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
-    out, card = convert(ConvertOptions(str(ckpt), target="executorch-dispatch", strategy="hard", tile=TILE,
-                                       progress=False), str(root / "fp32"))
-    return {"ckpt": ckpt, "out": out, "card": card, "model": model}
+    return _convert(tmp_path_factory.mktemp("dispatch"), ST)
 
 
 def test_card_describes_the_orchestration(fp32):
@@ -144,14 +148,8 @@ SHARED = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, 
 
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dispatch8")
-    model = _model(SHARED)
-    ckpt = root / "shared.pt"
-    save_checkpoint(Checkpoint(SHARED, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
-    out, card = convert(ConvertOptions(str(ckpt), target="executorch-dispatch", strategy="hard", recipe="int8-ptq",
-                                       tile=TILE, calibration_tiles=16, calibration_dataset="set5", progress=False),
-                        str(root / "int8"))
-    return {"out": out, "card": card, "model": model}
+    return _convert(tmp_path_factory.mktemp("dispatch8"), SHARED, recipe="int8-ptq", calibration_tiles=16,
+                    calibration_dataset="set5")
 
 
 def test_block_programs_equal_the_hard_model_in_pytorch():
