@@ -132,7 +132,8 @@ def main() -> int:
     psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
     soft_fp32: dict[str, float] = {}
     if not args.skip_psnr:
-        from nsr_edge.commands.deploy import load_inputs, reference_fn
+        from nsr_edge.commands.deploy import load_inputs
+        from nsr_edge.reference import reference_fn
         from nsr_edge.runtime.tasks import TaskSpec
         from nsr_edge.runtime.validate import validate_images
 

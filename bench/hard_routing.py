@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from nsr_edge import hub  # noqa: E402
 from nsr_edge.deploy import hard_routing_report, to_deploy  # noqa: E402
-from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer, task_of  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer  # noqa: E402
+from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.runtime.tiling import REFERENCE, split  # noqa: E402
 
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from nsr_edge import hub, quant  # noqa: E402
 from nsr_edge.converters.base import FP32_PARTS  # noqa: E402
 from nsr_edge.deploy import to_deploy  # noqa: E402
-from nsr_edge.evaluate import EvalTarget, evaluate_sets, task_of  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets  # noqa: E402
+from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.runtime.evaluation import tiled  # noqa: E402
 from nsr_edge.runtime.tiling import deploy_spec  # noqa: E402
 

@@ -44,7 +44,8 @@ from nsr_edge import hub  # noqa: E402
 from nsr_edge.converters.base import TARGET_MODULES  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert, tool_versions  # noqa: E402
 from nsr_edge.deploy import to_deploy  # noqa: E402
-from nsr_edge.evaluate import EvalTarget, evaluate_sets, task_of  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets  # noqa: E402
+from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.models import count_parameters  # noqa: E402
 from nsr_edge.runtime.card import artifact_path, load_card, method_for_tile  # noqa: E402
 from nsr_edge.runtime.evaluation import tiled  # noqa: E402

@@ -25,7 +25,8 @@ from .pipeline import ConvertOptions, convert
 
 def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: float = 0.05,
                  dataset: str | None = None, runs: int = 10) -> tuple[Path, dict[str, Any]]:
-    from nsr_edge.commands.deploy import load_inputs, reference_fn
+    from nsr_edge.commands.deploy import load_inputs
+    from nsr_edge.reference import reference_fn
     from nsr_edge.runtime.card import artifact_path, load_card, tile_spec
     from nsr_edge.runtime.profile import profile_artifact
     from nsr_edge.runtime.runners.child import RunnerProcess
@@ -63,7 +64,7 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
         card0 = load_card(measured[0]["folder"])
         task = TaskSpec.from_dict(card0["model"]["task"])
         label, inputs = load_inputs(task, dataset, None, options.data_dir, None)
-        reference = reference_fn(card0)
+        reference = reference_fn(card0, options.model)
         for c in measured:
             folder = c["folder"]
             card = load_card(folder)
@@ -107,9 +108,7 @@ hard routing on ExecuTorch is also lowered as host dispatch over static bank pro
 def candidate_list(target: str) -> list[tuple[str, str]]:
     """(target, strategy) pairs ``--strategy auto`` converts and measures: every strategy the target lowers, plus
     the strategies of its related targets that are installed."""
-    from nsr_edge.deploy import STRATEGIES
-
-    from .base import TARGET_MODULES, get_target
+    from .base import STRATEGIES, TARGET_MODULES, get_target
 
     out = []
     for name in (target, *RELATED_TARGETS.get(target, ())):
@@ -120,18 +119,9 @@ def candidate_list(target: str) -> list[tuple[str, str]]:
                 get_target(name)
             except UserError:
                 continue
-        allowed = getattr(_target_class(name), "strategies", None) or STRATEGIES
+        allowed = get_target(name).capabilities.strategies  # refused strategies are never candidates
         out += [(name, s) for s in STRATEGIES if s in allowed]
     return out
-
-
-def _target_class(name: str) -> Any:
-    from .base import get_target
-
-    try:
-        return get_target(name)
-    except UserError:
-        return None
 
 
 def _one_line(e: BaseException) -> str:

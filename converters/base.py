@@ -8,8 +8,9 @@ pipeline (`converters/pipeline.py`) does everything that is not target-specific,
     resolve model -> deploy form (strategy) -> quantize (recipe; calibration / QAT in nsr_edge/quant.py)
     -> target.lower(...) -> write artifact + model card atomically
 
-so a target only answers three questions: which recipes it supports, which PT2E quantizer implements a recipe for
-it (or None when it quantizes in its own converter), and how a (possibly quantized) module becomes artifact files.
+so a target only answers three questions: what it can do (`Capabilities`, data the pipeline checks every request
+against before any work), which PT2E quantizer implements a recipe for it (or None when it quantizes in its own
+``lower``), and how a (possibly quantized) module becomes artifact files (`Target.lower`, one signature for all).
 
 Recipes are named data (like torchao's configs): the same `int8-ptq` means the same thing on every target.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -165,7 +166,8 @@ class LoweredMethod:
 class LoweringResult:
     """What `Target.lower` returns: artifact files (written by the pipeline) and what ran where."""
 
-    files: dict[str, bytes]  # file name -> bytes; must include the target's `artifact_file`
+    files: dict[str, bytes]  # path in the artifact folder -> bytes: the target's ``capabilities.artifact`` (a file,
+    # or for a directory artifact every file under ``<artifact>/``) and any companions the runner needs
     methods: list[LoweredMethod]
     backend: str  # "XNNPACK", "CoreML", ...
     notes: list[str] = field(default_factory=list)
@@ -187,19 +189,135 @@ class LoweringResult:
         }
 
 
+STRATEGIES = ("output-mix", "kernel-mix", "hard")
+"""The deploy form's lowering strategies (`nsr_edge.deploy_form.STRATEGIES`, repeated here so reading a target's
+capabilities needs no torch; a test keeps the two equal)."""
+
+ARTIFACT_KINDS = ("file", "directory")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a capability check may ask of the model to convert (from its config; no weights, no torch)."""
+
+    arch: str
+    scale: int
+    channels: int
+    sparse: bool  # has NSR sparse convs (False: a dense baseline)
+    cardinality: int = 1
+    shared_routing: bool = False
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A condition a target puts on the model, with the reason it is needed (said when a request is refused).
+
+    ``holds(facts)`` is True when the model qualifies. Like XNNPACK's per-op ``check_constraints``: the pipeline
+    checks every requirement before any work and refuses with the first ``why`` that fails."""
+
+    name: str
+    holds: Callable[[ModelFacts], bool]
+    why: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target can do, as data. The pipeline checks every request against it before any work
+    (`Capabilities.refusal`), so a request the target cannot serve fails in one line, in well under a second.
+
+    artifact: the main artifact's name in the artifact folder (``model.pte``, ``model.mlpackage``).
+    artifact_kind: ``file`` or ``directory`` (a Core ML package is a folder; the card hashes its sorted files).
+    runner: module under ``nsr_edge.runtime.runners`` that runs the artifact without the converter stack.
+    recipes: recipe names it supports (keys of `RECIPES`).
+    calibrated_recipes: recipes that need calibration tiles from real images; the pipeline cuts them (honouring
+        ``--calibration-dataset``/``--data-dir``/``--calibration-tiles``) and hands them to `Target.lower` in the
+        context, also when the target quantizes inside `lower`.
+    strategies: deploy-form strategies it lowers; refused_strategies: strategy -> the measured reason it is refused
+        (shown to the user; a refused strategy is never converted, so no artifact that cannot load is written).
+    extra_tiles: whether one artifact can hold several tile sizes (``--extra-tiles``); square_tiles: only square tiles.
+    multi_program: the artifact holds several programs the host orchestrates (the card's ``dispatch`` section).
+    requirements: conditions on the model (`Requirement`), e.g. hard dispatch needs cardinality 1.
+    """
+
+    artifact: str
+    runner: str
+    recipes: tuple[str, ...]
+    artifact_kind: str = "file"
+    calibrated_recipes: tuple[str, ...] = ()
+    strategies: tuple[str, ...] = STRATEGIES
+    refused_strategies: dict[str, str] = field(default_factory=dict)
+    extra_tiles: bool = True
+    square_tiles: bool = True
+    multi_program: bool = False
+    requirements: tuple[Requirement, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.recipes) - set(RECIPES)
+        if unknown:
+            raise ValueError(f"capabilities name unknown recipes {sorted(unknown)}")
+        if not set(self.calibrated_recipes) <= set(self.recipes):
+            raise ValueError("calibrated_recipes must be a subset of recipes")
+        if not set(self.strategies) <= set(STRATEGIES) or set(self.refused_strategies) & set(self.strategies):
+            raise ValueError("strategies must be known deploy strategies and not also refused")
+        if self.artifact_kind not in ARTIFACT_KINDS:
+            raise ValueError(f"artifact_kind must be one of {ARTIFACT_KINDS}")
+
+    def needs_calibration(self, recipe: str) -> bool:
+        return recipe in self.calibrated_recipes
+
+    def refusal(self, target: str, strategy: str, recipe: str, tiles: Sequence[int],
+                model: ModelFacts | None = None) -> str | None:
+        """Why this target cannot serve the request (one line), or None when it can."""
+        if recipe not in self.recipes:
+            return f"target {target} does not support recipe {recipe} (it supports {', '.join(self.recipes)})"
+        if strategy in self.refused_strategies:
+            return (f"target {target} refuses --strategy {strategy}: {self.refused_strategies[strategy]} "
+                    f"(it lowers {' or '.join(self.strategies)})")
+        if strategy not in self.strategies:
+            return f"target {target} lowers strategy {' or '.join(self.strategies)} only (pass --strategy {self.strategies[0]})"
+        if len(tiles) > 1 and not self.extra_tiles:
+            return f"target {target} writes one tile size per artifact (no --extra-tiles)"
+        if model is not None:
+            for req in self.requirements:
+                if not req.holds(model):
+                    return f"target {target}: {req.why}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """For `nsr-edge targets --json` and docs: everything but the requirement functions."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "requirements"}
+        d["requirements"] = [{"name": r.name, "why": r.why} for r in self.requirements]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class LoweringContext:
+    """Everything `Target.lower` may use besides the module and the example inputs.
+
+    recipe: the resolved recipe. quantized: ``module`` is already PT2E-converted (the pipeline quantized it with the
+    target's `pt2e_quantizer`); False for fp32 and for recipes the target quantizes inside `lower`.
+    calibration_tiles: float32 array (N, C, T, T) cut from real images by the pipeline for the recipes in
+    ``capabilities.calibrated_recipes`` (else None). task: the model's `TaskSpec`. progress: show progress bars.
+    """
+
+    recipe: Recipe
+    quantized: bool = False
+    calibration_tiles: Any = None
+    task: Any = None
+    progress: bool = False
+
+
 @runtime_checkable
 class Target(Protocol):
-    """A conversion target. Implement these five members in one module and list the module in `TARGET_MODULES`.
+    """A conversion target. Implement these members in one module and list the module in `TARGET_MODULES`
+    (docs/adding_a_target.md walks through it).
 
-    name: registry key (``--target``). artifact_file: the main file it writes (``model.pte``). runner: module name
-    under ``nsr_edge.runtime.runners`` that runs the artifact without the converter stack. recipes: the recipe names
-    it supports (a subset of `RECIPES`).
+    name: registry key (``--target``). capabilities: what it can do, as data (`Capabilities`); the pipeline checks
+    every request against it before any work.
     """
 
     name: str
-    artifact_file: str
-    runner: str
-    recipes: tuple[str, ...]
+    capabilities: Capabilities
 
     def check_available(self) -> None:
         """Raise `UserError` (one line, with the install hint) if the target's packages are missing."""
@@ -208,9 +326,8 @@ class Target(Protocol):
         """The PT2E quantizer implementing ``recipe`` for this target, or None when the recipe is fp32 or the
         target quantizes inside `lower`. ``model`` is the deploy-form module (for per-module exclusions)."""
 
-    def lower(self, model: "nn.Module", examples: list["torch.Tensor"], recipe: Recipe,
-              quantized: bool) -> LoweringResult:
-        """Lower ``model`` (deploy form; a PT2E-converted module when ``quantized``) to artifact bytes, one method per
+    def lower(self, module: "nn.Module", examples: list["torch.Tensor"], context: LoweringContext) -> LoweringResult:
+        """Lower ``module`` (deploy form; PT2E-converted when ``context.quantized``) to artifact bytes, one method per
         example input (the first is the card's tile shape and the method ``forward``)."""
 
 
@@ -229,8 +346,9 @@ _TARGETS: dict[str, Target] = {}
 def register_target(cls: type) -> type:
     """Class decorator used by each target module: instantiate and register under ``cls.name``."""
     inst = cls()
-    if not isinstance(inst, Target):
-        raise TypeError(f"{cls.__name__} does not implement the Target protocol")
+    if not isinstance(inst, Target) or not isinstance(getattr(inst, "capabilities", None), Capabilities):
+        raise TypeError(f"{cls.__name__} does not implement the Target protocol (name, capabilities, "
+                        "check_available, pt2e_quantizer, lower)")
     _TARGETS[inst.name] = inst
     return cls
 
@@ -308,7 +426,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 __all__ = [
-    "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "Fallback", "LoweredMethod", "LoweringResult", "Target",
+    "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "Capabilities",
+    "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
     "TARGET_MODULES", "register_target", "target_names", "get_target", "check_output_dir", "atomic_output_dir",
     "write_json",
 ]

@@ -37,7 +37,7 @@ from torch import nn
 from nsr_edge.deploy import DeploySparseConv, OutputMixingConv, RoutingHead, to_deploy
 from nsr_edge.errors import UserError
 
-from .base import LoweredMethod, LoweringResult, Recipe, method_name, register_target
+from .base import Capabilities, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name, register_target
 
 PRECISIONS = ("fp16", "fp32")
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -46,6 +46,11 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 RECIPES = ("fp32", "fp16", "w8", "w8a8", "int8-qat")
 SOURCES = ("export", "trace")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+COREML_REFUSED_STRATEGIES = {
+    "kernel-mix": "Core ML needs static conv weights (kernel mixing computes them per tile)",
+    "hard": "Core ML needs static conv weights (hard routing gathers them per tile); hard routing runs on "
+            "--target executorch-dispatch",
+}
 
 
 @dataclass(frozen=True)
@@ -549,9 +554,11 @@ class CoreMLTarget:
     ``forward_{T}x{T}``, all served by that one function."""
 
     name = "coreml"
-    artifact_file = ARTIFACT_FILE
-    runner = "coreml"
-    recipes = ("fp32", "fp16", "w8", "w8a8", "int8-qat")
+    capabilities = Capabilities(
+        artifact=ARTIFACT_FILE, runner="coreml", recipes=("fp32", "fp16", "w8", "w8a8", "int8-qat"),
+        calibrated_recipes=("w8a8", "int8-qat"), strategies=("output-mix",),
+        refused_strategies=COREML_REFUSED_STRATEGIES,
+    )
     precision_by_recipe = {"fp32": "fp32"}  # every other recipe computes in fp16 (the Neural Engine's precision)
 
     def check_available(self) -> None:
@@ -564,10 +571,8 @@ class CoreMLTarget:
             return None
         return coreml_pt2e_quantizer(qat=True, model=model, fp32_parts=recipe.fp32_parts)
 
-    def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool,
-              calibration: np.ndarray | None = None, qat_batches: Callable | None = None) -> LoweringResult:
-        if recipe.name not in self.recipes:
-            raise UserError(f"target coreml does not support recipe {recipe.name}")
+    def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
+        recipe, quantized, calibration, qat_batches = context.recipe, context.quantized, context.calibration_tiles, None
         tiles = [int(x.shape[-1]) for x in examples]
         if any(int(x.shape[-1]) != int(x.shape[-2]) for x in examples):
             raise UserError("the coreml target takes square tiles")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from nsr_edge.errors import UserError
 
-from .base import Fallback, LoweredMethod, LoweringResult, Recipe, method_name, register_target
+from .base import Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name, register_target
 
 _NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr",
                 "alloc"}  # alloc: ExecuTorch's memory planning op (to_executorch() rewrites the edge graph in place)
@@ -59,9 +59,10 @@ def export_methods(model: Any, examples: list[Any]) -> tuple[dict[str, Any], dic
 @register_target
 class ExecuTorchTarget:
     name = "executorch"
-    artifact_file = "model.pte"
-    runner = "executorch"
-    recipes = ("fp32", "int8-ptq", "int8-qat")
+    capabilities = Capabilities(
+        artifact="model.pte", runner="executorch", recipes=("fp32", "int8-ptq", "int8-qat"),
+        calibrated_recipes=("int8-ptq", "int8-qat"),
+    )
 
     def check_available(self) -> None:
         try:
@@ -86,7 +87,7 @@ class ExecuTorchTarget:
             quantizer.set_filter_function(node_filter(model, recipe.fp32_parts))
         return quantizer
 
-    def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool) -> LoweringResult:
+    def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
@@ -107,7 +108,7 @@ class ExecuTorchTarget:
         methods = []
         for name in programs:
             methods.append(delegation_of(edge, name, shapes[name][0], shapes[name][1],
-                                         lambda n: why.reasons.get(n.name, _default_reason(_op_name(n), quantized))))
+                                         lambda n: why.reasons.get(n.name, _default_reason(_op_name(n), context.quantized))))
 
         notes = []
         if any(m.fallbacks for m in methods):
@@ -120,7 +121,7 @@ class ExecuTorchTarget:
             side["etrecord.bin"] = buf.getvalue()
         except Exception as e:  # noqa: BLE001 - ETRecord is a debugging aid; the artifact stays valid without it
             notes.append(f"no ETRecord written ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        return LoweringResult({self.artifact_file: et.buffer}, methods, "XNNPACK", notes, side_files=side)
+        return LoweringResult({self.capabilities.artifact: et.buffer}, methods, "XNNPACK", notes, side_files=side)
 
 
 def delegation_of(edge: Any, name: str, input_shape: list[int], output_shape: list[int],

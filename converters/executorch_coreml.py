@@ -19,15 +19,17 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import LoweredMethod, LoweringResult, Recipe, register_target
+from .base import Capabilities, LoweredMethod, LoweringContext, LoweringResult, Recipe, register_target
+from .coreml import COREML_REFUSED_STRATEGIES
 
 
 @register_target
 class ExecuTorchCoreMLTarget:
     name = "executorch-coreml"
-    artifact_file = "model.pte"
-    runner = "coreml"
-    recipes = ("fp32", "fp16", "w8")
+    capabilities = Capabilities(
+        artifact="model.pte", runner="coreml", recipes=("fp32", "fp16", "w8"),
+        strategies=("output-mix",), refused_strategies=COREML_REFUSED_STRATEGIES,
+    )
     deployment_target = "iOS17"
 
     def check_available(self) -> None:
@@ -41,7 +43,7 @@ class ExecuTorchCoreMLTarget:
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # w8 happens inside the delegate (op_linear_quantizer_config)
 
-    def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool, **_: Any) -> LoweringResult:
+    def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
         import coremltools as ct
         from executorch.backends.apple.coreml.compiler import CoreMLBackend
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
@@ -50,8 +52,7 @@ class ExecuTorchCoreMLTarget:
 
         from nsr_edge.deploy import DeploySparseConv, OutputMixingConv
 
-        if recipe.name not in self.recipes:
-            raise UserError(f"target executorch-coreml does not support recipe {recipe.name}")
+        recipe = context.recipe
         for m in model.modules():
             if isinstance(m, DeploySparseConv) and not isinstance(m, OutputMixingConv):
                 raise UserError("the executorch-coreml target needs --strategy output-mix (static kernel banks)")
@@ -108,4 +109,4 @@ class ExecuTorchCoreMLTarget:
             "mil_ops": payloads[0].op_counts(),
         }}
         notes = ["each method is one Core ML delegate; on Linux its payload is validated with the MIL evaluator"]
-        return LoweringResult({self.artifact_file: pte}, methods, "CoreML", notes, extra)
+        return LoweringResult({self.capabilities.artifact: pte}, methods, "CoreML", notes, extra)

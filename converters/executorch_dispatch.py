@@ -29,7 +29,7 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import Fallback, LoweredMethod, LoweringResult, Recipe, register_target
+from .base import Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, Requirement, register_target
 
 MODES = ("layer", "block")
 LAYOUT = "channels_last"  # of every program input and output, the tile included (the card's dispatch.layout)
@@ -393,11 +393,18 @@ def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = No
 @register_target
 class ExecuTorchDispatchTarget:
     name = "executorch-dispatch"
-    artifact_file = "model.pte"
-    runner = "dispatch"
-    recipes = ("fp32", "int8-ptq")
-    strategies = ("hard",)  # what this target lowers: hard (top-1) routing, dispatched per tile on the host
-    needs_calibration_tiles = True  # quantizes per program in lower(), on the pipeline's calibration tiles
+    capabilities = Capabilities(
+        artifact="model.pte", runner="dispatch", recipes=("fp32", "int8-ptq"),
+        calibrated_recipes=("int8-ptq",),  # quantizes per program in lower(), on the pipeline's calibration tiles
+        strategies=("hard",),  # hard (top-1) routing, dispatched per tile on the host
+        extra_tiles=False, multi_program=True,
+        requirements=(
+            Requirement("sparse", lambda m: m.sparse,
+                        "it lowers WDSR-NSR models (sparse convs); use --target executorch for dense models"),
+            Requirement("cardinality-1", lambda m: m.cardinality == 1,
+                        "it needs cardinality d=1 (one bank per tile and layer; d>1 would need k^d programs per layer)"),
+        ),
+    )
 
     def check_available(self) -> None:
         try:
@@ -410,12 +417,11 @@ class ExecuTorchDispatchTarget:
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # every program is quantized on its own tiles in lower()
 
-    def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool,
-              tiles: Any = None) -> LoweringResult:
+    def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
         if len(examples) != 1:
             raise UserError("target executorch-dispatch writes one tile size per artifact (no --extra-tiles)")
         x = examples[0]
-        pte, dispatch, methods, notes = dispatch_artifact(model, x, recipe, tiles)
+        pte, dispatch, methods, notes = dispatch_artifact(model, x, context.recipe, context.calibration_tiles)
         for n in notes:
             print(f"executorch-dispatch: warning: {n}", file=sys.stderr)
         import torch
@@ -433,7 +439,7 @@ class ExecuTorchDispatchTarget:
                             sum(m.partitions for m in methods), list(outside.values()))
         notes = notes + [f"{len(methods)} programs in one .pte, {dispatch['calls_per_tile']} calls per tile "
                          f"({dispatch['mode']} dispatch); forward is the host orchestration in the card"]
-        return LoweringResult({self.artifact_file: pte}, [fwd], "XNNPACK", notes, extra={"dispatch": dispatch})
+        return LoweringResult({self.capabilities.artifact: pte}, [fwd], "XNNPACK", notes, extra={"dispatch": dispatch})
 
 
 __all__ = ["MODES", "DispatchPlan", "build_plan", "run_programs", "quantize_plan", "lower_programs",

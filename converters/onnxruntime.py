@@ -21,7 +21,7 @@ from typing import Any
 from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.onnxruntime_runner import method_file  # one naming rule for writer and reader
 
-from .base import LoweredMethod, LoweringResult, Recipe, method_name, register_target
+from .base import Capabilities, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name, register_target
 
 
 def export_onnx(model: Any, example: Any) -> bytes:
@@ -55,9 +55,7 @@ def graph_summary(data: bytes) -> dict[str, Any]:
 @register_target
 class OnnxRuntimeTarget:
     name = "onnxruntime"
-    artifact_file = "model.onnx"
-    runner = "onnxruntime"
-    recipes = ("fp32",)
+    capabilities = Capabilities(artifact="model.onnx", runner="onnxruntime", recipes=("fp32",))
 
     def check_available(self) -> None:
         try:
@@ -71,7 +69,7 @@ class OnnxRuntimeTarget:
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # fp32 only (recipes)
 
-    def lower(self, model: Any, examples: list[Any], recipe: Recipe, quantized: bool) -> LoweringResult:
+    def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
         import torch
 
         files: dict[str, bytes] = {}

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from nsr_edge.errors import UserError
+from nsr_edge.runtime.files import artifact_digest
 
-from .base import LoweringResult, Recipe, Target, atomic_output_dir, check_output_dir, get_recipe, get_target, write_json
+from .base import (LoweringContext, LoweringResult, ModelFacts, Recipe, Target, atomic_output_dir, check_output_dir,
+                   get_recipe, get_target, write_json)
 
 TILE_PAD = 4  # context margin per tile side (the reference's 4 px)
 MIN_TILE = 24
@@ -57,9 +59,9 @@ class Conversion:
 
     # ------------------------------------------------------------------------------------------------------ stages
     def resolve(self) -> "Conversion":
+        """Target, recipe and model, and the request checked against the target's capabilities before any work."""
         from nsr_edge import hub
         from nsr_edge.runtime.files import file_sha256
-        from nsr_edge.runtime.tasks import TaskSpec
 
         o = self.options
         self.target = get_target(o.target)
@@ -69,31 +71,25 @@ class Conversion:
         if o.qat_steps is not None:
             overrides["qat_steps"] = o.qat_steps
         self.recipe = get_recipe(o.recipe, **overrides)
-        if self.recipe.name not in self.target.recipes:
-            raise UserError(f"target {self.target.name} does not support recipe {self.recipe.name} "
-                            f"(it supports {', '.join(self.target.recipes)})")
+        caps = self.target.capabilities
+        tiles = (o.tile, *o.extra_tiles)
+        why = caps.refusal(self.target.name, o.strategy, self.recipe.name, tiles)  # before loading anything
+        if why:
+            raise UserError(why)
         self.resolved = hub.resolve(o.model, require_trained=True)
         cfg = self.resolved.config
-        task = (self.resolved.checkpoint.provenance or {}).get("task") if self.resolved.checkpoint else None
-        if task is None and self.resolved.card:
-            task = self.resolved.card.get("task") if isinstance(self.resolved.card.get("task"), dict) else None
-        self.task = TaskSpec.from_dict(task) if task else TaskSpec("sr" if cfg.scale > 1 else "denoise",
-                                                                   scale=cfg.scale, noise=25.0 if cfg.scale == 1 else 0,
-                                                                   channels=cfg.channels)
+        why = caps.refusal(self.target.name, o.strategy, self.recipe.name, tiles, model_facts(cfg))
+        if why:
+            raise UserError(why)
+        self.task = hub.task_of(self.resolved, guess=True)
         if self.resolved.card is not None:
-            from nsr_edge.hub import ZOO_DIR
-
-            path = ZOO_DIR / self.resolved.id / "model.pt"
+            path = hub.checkpoint_path(self.resolved.id)
             self.source = {"kind": "zoo", "ref": self.resolved.id, "sha256": file_sha256(path)}
-        else:
+        else:  # the file name, not the converting machine's path: cards ship inside apps
             path = Path(o.model)
-            self.source = {"kind": "checkpoint", "ref": str(path.resolve()), "sha256": file_sha256(path)}
-        for t in (o.tile, *o.extra_tiles):
+            self.source = {"kind": "checkpoint", "ref": path.name, "sha256": file_sha256(path)}
+        for t in tiles:
             check_tile(t, cfg)
-        allowed = getattr(self.target, "strategies", None)  # a target that lowers only some strategies
-        if allowed and o.strategy not in allowed:
-            raise UserError(f"target {self.target.name} lowers strategy {' or '.join(allowed)} only "
-                            f"(pass --strategy {allowed[0]})")
         return self
 
     def make_deploy(self) -> "Conversion":
@@ -106,16 +102,23 @@ class Conversion:
         return self
 
     def quantize(self) -> "Conversion":
+        """Calibration tiles for the recipes the target calibrates, then PT2E quantization when the target has a
+        PT2E quantizer for the recipe (else the target quantizes in `lower`, on the same tiles)."""
         from nsr_edge import quant
 
         r, o = self.recipe, self.options
         if not r.quantized:
             return self
-        self.tiles = quant.calibration_tiles(self.task, o.tile, r.calibration_tiles, r.calibration_seed,
-                                             o.calibration_dataset, o.data_dir, o.progress)
+        caps = self.target.capabilities
+        if caps.needs_calibration(r.name):
+            self.tiles = quant.calibration_tiles(self.task, o.tile, r.calibration_tiles, r.calibration_seed,
+                                                 o.calibration_dataset, o.data_dir, o.progress)
         quantizer = self.target.pt2e_quantizer(r, self.deploy)
         if quantizer is None:  # the target quantizes inside lower() (e.g. weight-only in its own converter)
             return self
+        if self.tiles is None:
+            raise RuntimeError(f"target {self.target.name} quantizes {r.name} with PT2E but does not declare it in "
+                               "capabilities.calibrated_recipes")
         calib = {"dataset": o.calibration_dataset or self.task.train_set, "tiles": int(len(self.tiles)),
                  "seed": r.calibration_seed, "tile": o.tile}
         if r.method == "ptq":
@@ -125,7 +128,7 @@ class Conversion:
             qat_dir = o.qat_dir or str(Path(o.model if Path(o.model).exists() else ".").resolve().parent / ".nsr-edge-qat")
             self.module, summary = quant.quantize_qat(self.deploy, quantizer, self.tiles, self.task, r, qat_dir,
                                                       o.calibration_dataset, o.data_dir, progress=o.progress)
-            self.quant_info = {"calibration": calib, "qat": summary, "qat_state": qat_dir}
+            self.quant_info = {"calibration": calib, "qat": summary}
         return self
 
     def lower(self) -> "Conversion":
@@ -134,16 +137,18 @@ class Conversion:
         c = self.resolved.config.channels
         examples = [torch.rand(1, c, t, t, generator=torch.Generator().manual_seed(0))
                     for t in (self.options.tile, *self.options.extra_tiles)]
+        context = LoweringContext(self.recipe, quantized=self.module is not self.deploy,
+                                  calibration_tiles=self.tiles, task=self.task, progress=self.options.progress)
         try:
-            extra = {"tiles": self.tiles} if getattr(self.target, "needs_calibration_tiles", False) else {}
-            self.lowered = self.target.lower(self.module, examples, self.recipe, self.recipe.quantized, **extra)
+            self.lowered = self.target.lower(self.module, examples, context)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - lowering errors from the stacks are long; keep the first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{self.target.name} lowering failed ({type(e).__name__}): {first[:300]}") from None
-        if self.target.artifact_file not in self.lowered.files:
-            raise RuntimeError(f"target {self.target.name} did not produce {self.target.artifact_file}")
+        art = self.target.capabilities.artifact
+        if not any(name == art or name.startswith(art + "/") for name in self.lowered.files):
+            raise RuntimeError(f"target {self.target.name} did not produce {art}")
         return self
 
     def card(self) -> dict[str, Any]:
@@ -152,9 +157,7 @@ class Conversion:
         from nsr_edge.runtime.card import SCHEMA, VERSION
 
         o, cfg, low = self.options, self.resolved.config, self.lowered
-        art = low.files[self.target.artifact_file]
-        import hashlib
-
+        caps = self.target.capabilities
         spec = tiling.deploy_spec(o.tile, pad=TILE_PAD)
         first = low.methods[0]
         in_range = [0.0, 1.0] if self.task.name != "denoise" else [None, None]
@@ -167,9 +170,10 @@ class Conversion:
                 "source": self.source,
                 "provenance": (self.resolved.checkpoint.provenance if self.resolved.checkpoint else {}),
             },
-            "target": self.target.name, "runner": self.target.runner,
-            "artifact": {"file": self.target.artifact_file, "sha256": hashlib.sha256(art).hexdigest(),
-                         "bytes": len(art)},
+            "target": self.target.name, "runner": caps.runner,
+            "artifact": {"file": caps.artifact, "kind": caps.artifact_kind,
+                         **artifact_digest({n: d for n, d in low.files.items()
+                                            if n == caps.artifact or n.startswith(caps.artifact + "/")}, caps.artifact)},
             "strategy": o.strategy,
             "recipe": self.recipe.to_dict(),
             "quantization": self.quant_info,
@@ -194,10 +198,19 @@ class Conversion:
         card = self.card()
         with atomic_output_dir(out, force) as tmp:
             for name, data in {**self.lowered.files, **self.lowered.side_files}.items():
-                (tmp / name).write_bytes(data)
-                (tmp / name).chmod(0o644)
+                path = tmp / name
+                path.parent.mkdir(parents=True, exist_ok=True)  # directory artifacts (a Core ML .mlpackage)
+                path.write_bytes(data)
+                path.chmod(0o644)
             write_json(tmp / "model.json", card)
         return Path(out)
+
+
+def model_facts(config: Any) -> ModelFacts:
+    """What the target capability checks may ask of a model config."""
+    return ModelFacts(arch=config.arch, scale=config.scale, channels=config.channels, sparse=config.is_sparse,
+                      cardinality=config.cardinality if config.is_sparse else 1,
+                      shared_routing=bool(config.is_sparse and config.routing.shared))
 
 
 def check_tile(tile: int, config: Any) -> None:

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .hub import ResolvedModel
 from .runtime import datasets
 from .runtime.evaluation import DatasetResult, ImageFn, evaluate, tiled
 from .runtime.imresize import bicubic_upscale
@@ -19,14 +18,6 @@ from .runtime.tasks import TaskSpec
 from .runtime.tiling import REFERENCE, TileSpec
 
 METHODS = ("bicubic", "identity")  # non-learned baselines: bicubic upscaling; the degraded input itself
-
-
-def task_of(resolved: ResolvedModel) -> TaskSpec | None:
-    """The task a trained model was trained for (from its checkpoint), if recorded."""
-    if resolved.checkpoint is None:
-        return None
-    task = resolved.checkpoint.provenance.get("task")
-    return TaskSpec.from_dict(task) if task else None
 
 
 def resolve_task(base: TaskSpec | None, name: str | None, scale: int | None, noise: float | None,

@@ -16,6 +16,7 @@ from torch import nn
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import UserError
 from .models import ARCHITECTURES, PRESETS, ModelConfig, build_model
+from .runtime.tasks import TaskSpec
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
@@ -84,6 +85,21 @@ def checkpoint_path(name: str) -> Path:
     if not path.is_file():
         raise UserError(f"{name}: neither a zoo id nor a checkpoint file")
     return path
+
+
+def task_of(resolved: ResolvedModel, guess: bool = False) -> TaskSpec | None:
+    """The task a trained model was trained for: its checkpoint's provenance, else its zoo card's; with ``guess``,
+    else the config's default (SR at its scale; sigma-25 denoising for a scale-1 model)."""
+    task = resolved.checkpoint.provenance.get("task") if resolved.checkpoint else None
+    if task is None and resolved.card and isinstance(resolved.card.get("task"), dict):
+        task = resolved.card["task"]
+    if task:
+        return TaskSpec.from_dict(task)
+    if not guess:
+        return None
+    cfg = resolved.config
+    return TaskSpec("sr" if cfg.scale > 1 else "denoise", scale=cfg.scale, noise=25.0 if cfg.scale == 1 else 0,
+                    channels=cfg.channels)
 
 
 def _refuse_overrides(name: str, overrides: dict[str, Any]) -> None:

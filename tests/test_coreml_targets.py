@@ -46,7 +46,8 @@ def test_coreml_target_card_validate_profile(checkpoint, tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.abs(MilEvaluator(package).run({"input": x.numpy()})["output"] - ref).max() <= 1e-6
-    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet"]) == 0
+    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet",
+                 "--reference", str(ckpt)]) == 0
     assert main(["convert", "--model", str(ckpt), "--target", "coreml", "--out", str(out), "--quiet"]) == 2  # no --force
     assert main(["profile", str(out), "--runs", "2"]) == 2  # Core ML latency needs a Mac
 
@@ -71,13 +72,14 @@ def test_executorch_coreml_pte_payload_is_validated(checkpoint, tmp_path, caplog
             ref = model(x).numpy()
         out_name = payloads[0].outputs_of(function)[0].name
         assert np.abs(ev.run({ev.input_names[0]: x.numpy()})[out_name] - ref).max() <= 1e-6
-    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet"]) == 0
+    assert main(["validate", str(out), "--dataset", "set5", "--limit", "1", "--max-abs", "1e-5", "--quiet",
+                 "--reference", str(ckpt)]) == 0
 
 
 def test_recipes_are_declared(checkpoint):
     from nsr_edge.converters.base import get_recipe, get_target
 
-    assert set(get_target("coreml").recipes) == {"fp32", "fp16", "w8", "w8a8", "int8-qat"}
+    assert set(get_target("coreml").capabilities.recipes) == {"fp32", "fp16", "w8", "w8a8", "int8-qat"}
     assert get_recipe("w8").weights == "int8" and get_recipe("w8").activations == "fp16"
     assert get_recipe("w8a8").activations == "int8"
     assert main(["convert", "--model", str(checkpoint[0]), "--target", "executorch-coreml", "--quant", "w8a8",
@@ -85,12 +87,12 @@ def test_recipes_are_declared(checkpoint):
 
 
 def test_executorch_coreml_w8_payload_has_int8_weights(checkpoint):
-    from nsr_edge.converters.base import get_recipe, get_target
+    from nsr_edge.converters.base import LoweringContext, get_recipe, get_target
     from nsr_edge.converters.coreml import deploy_for_coreml
 
     _, model = checkpoint
     result = get_target("executorch-coreml").lower(deploy_for_coreml(model), [torch.rand(1, 3, 24, 24)],
-                                                    get_recipe("w8"), False)
+                                                    LoweringContext(get_recipe("w8")))
     payload = coreml_payloads(result.files["model.pte"])[0]
     assert payload.op_counts()["constexpr_affine_dequantize"] > 0
     assert result.extra["coreml"]["compute_precision"] == "fp16"

@@ -109,7 +109,7 @@ def test_artifact_equals_hard_deploy_form_and_routes_like_pytorch(fp32):
 
 def test_validate_and_profile_run_it_like_any_artifact(fp32):
     r = run_cli("validate", fp32["out"], "--dataset", "set5", "--limit", "1", "--max-abs", "1e-4", "--quiet",
-                "--record")
+                "--record", "--reference", fp32["ckpt"])
     assert r.returncode == 0, r.stderr
     assert load_card(fp32["out"])["validation"]["summary"]["max_abs_vs_reference"] < 1e-4
     r = run_cli("profile", fp32["out"], "--runs", "3", "--warmup", "1", "--json")

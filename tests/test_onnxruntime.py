@@ -83,7 +83,8 @@ def test_kernel_mix_card_counts_computed_weight_convs(arts):
 
 
 def test_validate_and_profile_run_it(arts):
-    r = run_cli("validate", arts["kernel-mix"], "--dataset", "set5", "--limit", "2", "--json", "--quiet")
+    r = run_cli("validate", arts["kernel-mix"], "--dataset", "set5", "--limit", "2", "--json", "--quiet",
+                "--reference", arts["ckpt"])
     assert r.returncode == 0, r.stderr[-600:]
     summary = json.loads(r.stdout)["summary"]
     assert abs(summary["drop_db"]) < 1e-3  # exact soft routing: the artifact is the FP32 model

@@ -38,7 +38,7 @@ def artifacts(tmp_path_factory):
 
 def test_validate_and_profile_commands(artifacts):
     r = run_cli("validate", artifacts["int8-ptq"], "--dataset", "set5", "--limit", "2", "--json", "--quiet",
-                "--record")
+                "--record", "--reference", artifacts["ckpt"])
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert set(rep["summary"]) >= {"psnr_y", "ssim_y", "psnr_y_fp32", "drop_db", "psnr_vs_reference",
@@ -49,7 +49,7 @@ def test_validate_and_profile_commands(artifacts):
     assert load_card(artifacts["int8-ptq"])["validation"]["summary"]["images"] == 2
     # an impossible tolerance makes it fail loudly
     r = run_cli("validate", artifacts["int8-ptq"], "--dataset", "set5", "--limit", "1", "--quiet",
-                "--max-drop-db", "-5")
+                "--max-drop-db", "-5", "--reference", artifacts["ckpt"])
     assert r.returncode == 1 and "FAILED" in r.stderr
     r = run_cli("profile", artifacts["fp32"], "--runs", "5", "--warmup", "1", "--json", "--per-op")
     assert r.returncode == 0, r.stderr

@@ -40,7 +40,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..runtime.profile import profile_artifact
     from ..runtime.runners.child import RunnerProcess
     from ..runtime.validate import validate_images
-    from .deploy import _task, load_inputs, reference_fn
+    from ..reference import reference_fn
+    from .deploy import _task, load_inputs
 
     check_output_dir(args.out, args.force)
     if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in hub.zoo_ids():
@@ -54,7 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _, card = convert(ConvertOptions(args.model, "executorch", recipe, args.tile, data_dir=args.data_dir,
                                              progress=not args.quiet), str(folder))
             task, spec = _task(card), tile_spec(card)
-            reference = reference_fn(card)
+            reference = reference_fn(card, args.model)
             row: dict[str, Any] = {"recipe": recipe, "artifact": folder.name, "bytes": card["artifact"]["bytes"],
                                    "delegation": card["delegation"]["methods"]["forward"], "sets": {}}
             with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..reference import reference_fn
 from ._common import print_json
 
 
@@ -49,6 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="root of the data sets")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference", help="the FP32 checkpoint the artifact was converted from (default: the zoo model, "
+                   "or the card's checkpoint file name in the current folder); its SHA-256 must match the card")
     p.add_argument("--no-reference", action="store_true", help="skip the FP32 PyTorch reference (task metrics only)")
     p.add_argument("--allow-small", action="store_true", help="pad images smaller than the tile instead of refusing")
     p.add_argument("--max-drop-db", type=float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
@@ -146,33 +149,6 @@ def load_inputs(task, dataset: str | None, dataset_dir: str | None, data_dir: st
     return label, out
 
 
-def reference_fn(card: dict[str, Any]):
-    """The FP32 PyTorch model (training form, eval) the card was converted from, as a tiles -> tiles function."""
-    import numpy as np
-    import torch
-
-    from .. import hub
-    from ..runtime.files import file_sha256
-
-    src = card["model"]["source"]
-    ref = src["ref"]
-    if src["kind"] == "zoo":
-        path = hub.ZOO_DIR / ref / "model.pt"
-    else:
-        path = Path(ref)
-    if not path.is_file():
-        raise UserError(f"the FP32 source model {ref} is not here ({path}); pass --no-reference for task metrics only")
-    if file_sha256(path) != src["sha256"]:
-        raise UserError(f"the FP32 source model {path} changed since conversion (SHA-256 differs); convert again")
-    model = hub.resolve(ref if src["kind"] == "zoo" else str(path), require_trained=True).build().eval()
-
-    @torch.no_grad()
-    def run(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
-
-    return run
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..runtime import validate as V
     from ..runtime.card import artifact_path, load_card, tile_spec, update_card
@@ -184,8 +160,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     label, inputs = load_inputs(task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
     if args.max_drop_db is not None and args.no_reference:
         raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
-    reference = None if args.no_reference else reference_fn(card)
-    with RunnerProcess(card["runner"], str(path), "forward", args.threads) as proc:
+    if args.reference and args.no_reference:
+        raise UserError("--reference and --no-reference contradict each other: pass one")
+    with RunnerProcess(card["runner"], str(path), "forward", args.threads) as proc:  # a broken artifact fails first
+        reference = None if args.no_reference else reference_fn(card, args.reference)
         report = V.validate_images(inputs, task, spec, proc.run, reference, batch_size=proc.input_shape[0],
                                    allow_small=args.allow_small, progress=not args.quiet)
     report["dataset"] = label

@@ -57,7 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .. import hub
-    from ..evaluate import EvalTarget, evaluate_sets, method_restorer, model_restorer, resolve_task, task_of
+    from ..evaluate import EvalTarget, evaluate_sets, method_restorer, model_restorer, resolve_task
+    from ..hub import task_of
     if bool(args.model) == bool(args.method):
         raise UserError("give exactly one of --model or --method")
     base = None
@@ -121,7 +122,8 @@ def default_zoo_model(task: str) -> str:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Any size, gray/RGB/RGBA (alpha kept), 8/16-bit PNG, JPEG, BMP. The model sees gray or RGB as it was trained."""
     from .. import hub
-    from ..evaluate import model_restorer, task_of
+    from ..evaluate import model_restorer
+    from ..hub import task_of
     from ..runtime import images
     from ..runtime.metrics import rgb_to_y8
     out = Path(args.output)
