@@ -29,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[full,test]"
 	touch $@
 
-# The device-side environment: numpy + Pillow (+ pytest), no torch. Proves runtime/ needs nothing else.
+# The device-side environment: numpy + Pillow (+ pytest, jsonschema for the card tests), no torch. Proves runtime/ needs nothing else.
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	test -x $(RPY) || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RPY) -m pip install -q --disable-pip-version-check "numpy>=1.26,<2.4" pillow pytest hypothesis
+	$(RPY) -m pip install -q --disable-pip-version-check "numpy>=1.26,<2.4" pillow pytest hypothesis jsonschema
 	$(RPY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 

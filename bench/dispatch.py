@@ -111,7 +111,7 @@ def main() -> int:
     try:
         for name, folder in folders.items():
             card = load_card(folder)
-            procs[name] = RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1)
+            procs[name] = RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1)
         times: dict[str, list[float]] = {n: [] for n in procs}
         for p in procs.values():
             p.time(x, 2, 2)
@@ -132,22 +132,21 @@ def main() -> int:
     psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
     soft_fp32: dict[str, float] = {}
     if not args.skip_psnr:
-        from nsr_edge.commands.deploy import load_inputs
         from nsr_edge.reference import reference_fn
-        from nsr_edge.runtime.tasks import TaskSpec
+        from nsr_edge.runtime.evaluation import task_images
         from nsr_edge.runtime.validate import validate_images
 
         for name, folder in folders.items():
             card = load_card(folder)
-            task = TaskSpec.from_dict(card["model"]["task"])
+            task = card.task
             ref = reference_fn(card)
             psnr[name] = {}
-            with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:
+            with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
                 for dataset in args.sets:
-                    _, inputs = load_inputs(task, dataset, None, None, args.psnr_limit)
+                    _, inputs = task_images(task, dataset, limit=args.psnr_limit)
                     s = validate_images(inputs, task, tile_spec(card), proc.run, ref, progress=False)["summary"]
                     psnr[name][dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"]}
-                    if card["model"]["id"] == "nsr_sr_x2":
+                    if card.model.id == "nsr_sr_x2":
                         soft_fp32[dataset] = s["psnr_y_fp32"]
             print(f"{name}: " + ", ".join(f"{d} {v['psnr_y']:.3f} (FP32 model {v['fp32_model']:.3f})"
                                           for d, v in psnr[name].items()), file=sys.stderr, flush=True)
@@ -174,7 +173,7 @@ def main() -> int:
     ]
     for name in procs:
         card = load_card(folders[name])
-        calls = (card.get("target_extra") or {}).get("dispatch", {}).get("calls_per_tile", 1)
+        calls = card.dispatch.calls_per_tile if card.dispatch else 1
         cells = []
         for d in args.sets:
             v = psnr.get(name, {}).get(d)

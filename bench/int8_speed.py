@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nsr_edge.commands.deploy import per_op_times  # noqa: E402
+from nsr_edge.etdevtools import per_op_times  # noqa: E402
 from nsr_edge.runtime.card import artifact_path, load_card  # noqa: E402
 from nsr_edge.runtime.runners.child import RunnerProcess  # noqa: E402
 from nsr_edge.runtime.runners.executorch_runner import open_session  # noqa: E402
@@ -41,7 +41,7 @@ def main() -> int:
     cards = {k: load_card(d) for k, d in (("fp32", args.fp32), ("int8", args.int8))}
     paths = {k: str(artifact_path(d, cards[k])) for k, d in (("fp32", args.fp32), ("int8", args.int8))}
     # a native abort here would end this process: the INT8 program is first run once in a child, as a probe
-    shape = cards["int8"]["methods"][0]["input_shape"]
+    shape = cards["int8"].methods[0].input_shape
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     with RunnerProcess("executorch", paths["int8"], "forward", args.threads) as p:
         p.run(x)

@@ -47,7 +47,7 @@ from nsr_edge.deploy import to_deploy  # noqa: E402
 from nsr_edge.evaluate import EvalTarget, evaluate_sets  # noqa: E402
 from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.models import count_parameters  # noqa: E402
-from nsr_edge.runtime.card import artifact_path, load_card, method_for_tile  # noqa: E402
+from nsr_edge.runtime.card import ModelCard, artifact_path, load_card, method_for_tile  # noqa: E402
 from nsr_edge.runtime.evaluation import tiled  # noqa: E402
 from nsr_edge.runtime.runners.child import RunnerProcess  # noqa: E402
 from nsr_edge.runtime.tiling import deploy_spec  # noqa: E402
@@ -67,7 +67,7 @@ class Row:
     kind: str = "nsr"  # nsr | dense
     note: str = ""
     folder: Path | None = None
-    card: dict[str, Any] | None = None
+    card: ModelCard | None = None
     status: str = "pending"
     path: str = ""  # XNNPACK, portable kernels, eager
     times: list[float] = field(default_factory=list)
@@ -142,11 +142,11 @@ def build(rows: list[Row], work: Path, tile: int, reuse: bool) -> None:
                 _, r.card = convert(ConvertOptions(r.model, target=r.target, recipe=r.recipe, tile=tile,
                                                    strategy=strategy, progress=False), str(r.folder), force=True)
                 r.status = "converted"
-            fwd = r.card["delegation"]["methods"]["forward"]
-            r.path = "XNNPACK" if fwd["fully_delegated"] else "portable kernels (" + ", ".join(
-                f"{f['op']} x{f['count']}" for f in fwd["fallbacks"][:2]) + ")"
+            fwd = r.card.delegation.methods["forward"]
+            r.path = "XNNPACK" if fwd.fully_delegated else "portable kernels (" + ", ".join(
+                f"{f.op} x{f.count}" for f in fwd.fallbacks[:2]) + ")"
             if r.target == DISPATCH:
-                r.path = f"XNNPACK bank programs, {r.card['target_extra']['dispatch']['calls_per_tile']} calls/tile"
+                r.path = f"XNNPACK bank programs, {r.card.dispatch.calls_per_tile} calls/tile"
         except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
             r.status = f"fails to lower: {_one_line(e)}"
         print(f"[convert] {r.label} {r.recipe}: {r.status} ({time.time() - t0:.0f} s)", flush=True)
@@ -167,8 +167,8 @@ def measure_latency(rows: list[Row], tile: int, rounds: int, per_round: int) -> 
             if r.card is None:
                 continue
             try:
-                p = RunnerProcess(r.card["runner"], str(artifact_path(r.folder, r.card)),
-                                  method_for_tile(r.card)["name"], 1)
+                p = RunnerProcess(r.card.runner, str(artifact_path(r.folder, r.card)),
+                                  method_for_tile(r.card).name, 1)
                 first = p.time(x, 1, 1)[0]  # warm-up, and the first sign of an abort
                 procs[i] = p
                 r.times.append(first)
@@ -256,7 +256,7 @@ def measure_psnr(rows: list[Row], tile: int, sets: list[str], limit: int | None)
         elif r.path.startswith("portable") and r.recipe != "fp32":
             # an int8 program in portable kernels has no eager twin: run the artifact itself, on the first set
             # only (seconds per tile)
-            with RunnerProcess(r.card["runner"], str(artifact_path(r.folder, r.card))) as p:
+            with RunnerProcess(r.card.runner, str(artifact_path(r.folder, r.card))) as p:
                 r.psnr = run_sets(p.run, task_of(resolved), 1, sets[:1])
             r.psnr_source = f"the artifact, on its runtime ({sets[0]} only: seconds per tile)"
         elif r.path.startswith("portable"):
@@ -265,11 +265,11 @@ def measure_psnr(rows: list[Row], tile: int, sets: list[str], limit: int | None)
             m = to_deploy(model, r.strategy)
             with torch.no_grad():
                 ref = m(torch.from_numpy(x)).numpy()
-            with RunnerProcess(r.card["runner"], str(artifact_path(r.folder, r.card))) as p:
+            with RunnerProcess(r.card.runner, str(artifact_path(r.folder, r.card))) as p:
                 gap = float(np.abs(p.run(x) - ref).max())
             r.psnr_source = f"eager deploy module (same function; artifact vs eager max abs {gap:.1e} on 2 tiles)"
         else:
-            with RunnerProcess(r.card["runner"], str(artifact_path(r.folder, r.card))) as p:
+            with RunnerProcess(r.card.runner, str(artifact_path(r.folder, r.card))) as p:
                 r.psnr = run_sets(p.run, task_of(resolved), 1)
             r.psnr_source = "the artifact, on its runtime"
         print(f"[psnr] {r.label} {r.recipe}: {r.psnr} ({time.time() - t0:.0f} s)", flush=True)

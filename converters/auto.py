@@ -19,18 +19,19 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import atomic_output_dir, check_output_dir, write_json
+from nsr_edge.runtime.card import ModelCard
+
+from .base import atomic_output_dir, check_output_dir
 from .pipeline import ConvertOptions, convert
 
 
 def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: float = 0.05,
-                 dataset: str | None = None, runs: int = 10) -> tuple[Path, dict[str, Any]]:
-    from nsr_edge.commands.deploy import load_inputs
+                 dataset: str | None = None, runs: int = 10) -> tuple[Path, ModelCard]:
     from nsr_edge.reference import reference_fn
-    from nsr_edge.runtime.card import artifact_path, load_card, tile_spec
+    from nsr_edge.runtime.card import artifact_path, load_card, read_card_json, tile_spec, write_card
+    from nsr_edge.runtime.evaluation import task_images
     from nsr_edge.runtime.profile import profile_artifact
     from nsr_edge.runtime.runners.child import RunnerProcess
-    from nsr_edge.runtime.tasks import TaskSpec
     from nsr_edge.runtime.validate import validate_images
 
     from .base import get_target
@@ -62,14 +63,14 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
                             + "; ".join(f"{c['name']}: {c['status']}" for c in candidates))
         chosen = None
         card0 = load_card(measured[0]["folder"])
-        task = TaskSpec.from_dict(card0["model"]["task"])
-        label, inputs = load_inputs(task, dataset, None, options.data_dir, None)
+        task = card0.task
+        label, inputs = task_images(task, dataset, None, options.data_dir)
         reference = reference_fn(card0, options.model)
         for c in measured:
             folder = c["folder"]
             card = load_card(folder)
             try:
-                with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:
+                with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
                     rep = validate_images(inputs, task, tile_spec(card), proc.run, reference,
                                           allow_small=True, progress=options.progress)
             except Exception as e:  # noqa: BLE001 - a crash while validating rejects the candidate, not the command
@@ -86,15 +87,17 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
             raise UserError(f"strategy auto: no strategy within {max_drop_db} dB on {label}: "
                             + "; ".join(f"{c['name']}: {c['status']}" for c in candidates))
         src = chosen["folder"]
-        card = load_card(src)
+        card = read_card_json(src)
         keep = ("strategy", "target", "status", "median_ms", "p90_ms", "drop_db", "psnr_y")
         card["auto"] = {"max_drop_db": max_drop_db, "dataset": label, "threads": 1, "runs": runs,
                         "candidates": [{k: c[k] for k in keep if k in c} for c in candidates]}
         with atomic_output_dir(out, force) as tmp:
             for f in src.iterdir():
-                if f.name != "model.json":
+                if f.is_dir():  # a directory artifact (Core ML .mlpackage)
+                    shutil.copytree(f, tmp / f.name)
+                elif f.name != "model.json":
                     shutil.copy2(f, tmp / f.name)
-            write_json(tmp / "model.json", card)
+            write_card(tmp, card)
         return Path(out), load_card(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from nsr_edge.errors import UserError
-from nsr_edge.runtime.files import atomic_write_json
 
 if TYPE_CHECKING:  # torch is imported by the targets and the pipeline, never needed to read this file's data
     import torch
     from torch import nn
+
+    from nsr_edge.runtime.card import Delegation
 
 # ------------------------------------------------------------------------------------------------------------ recipes
 
@@ -174,19 +175,21 @@ class LoweringResult:
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific card fields (e.g. int8 I/O scales)
     side_files: dict[str, bytes] = field(default_factory=dict)  # debug companions (e.g. ETRecord), not hashed
 
-    def delegation_summary(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "methods": {
-                m.name: {
-                    "delegated_ops": m.delegated_ops, "total_ops": m.total_ops, "partitions": m.partitions,
-                    "fully_delegated": m.total_ops > 0 and m.delegated_ops == m.total_ops,
-                    "fallbacks": [asdict(f) for f in m.fallbacks],
-                }
+    def delegation_summary(self) -> "Delegation":
+        from nsr_edge.runtime.card import Delegation, FallbackInfo, MethodDelegation
+
+        return Delegation(
+            backend=self.backend,
+            methods={
+                m.name: MethodDelegation(
+                    delegated_ops=m.delegated_ops, total_ops=m.total_ops, partitions=m.partitions,
+                    fully_delegated=m.total_ops > 0 and m.delegated_ops == m.total_ops,
+                    fallbacks=[FallbackInfo(f.op, f.count, f.reason) for f in m.fallbacks],
+                )
                 for m in self.methods
             },
-            "notes": self.notes,
-        }
+            notes=list(self.notes),
+        )
 
 
 STRATEGIES = ("output-mix", "kernel-mix", "hard")
@@ -420,14 +423,8 @@ def atomic_output_dir(out: str | os.PathLike, force: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """JSON file written via a temporary file and a rename (safe to call on a live artifact folder)."""
-    atomic_write_json(path, data)
-
-
 __all__ = [
     "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "Capabilities",
     "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
     "TARGET_MODULES", "register_target", "target_names", "get_target", "check_output_dir", "atomic_output_dir",
-    "write_json",
 ]

@@ -8,7 +8,6 @@ quantized module, the lowering result), so a test or a notebook can stop after a
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -17,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from nsr_edge.errors import UserError
+from nsr_edge.runtime.card import (SCHEMA, VERSION, ArtifactInfo, IOSpec, MethodSpec, ModelCard, ModelInfo, Source,
+                                   TensorSpec, load_card, now_utc, write_card)
 from nsr_edge.runtime.files import artifact_digest
 
 from .base import (LoweringContext, LoweringResult, ModelFacts, Recipe, Target, atomic_output_dir, check_output_dir,
-                   get_recipe, get_target, write_json)
+                   get_recipe, get_target)
 
 TILE_PAD = 4  # context margin per tile side (the reference's 4 px)
 MIN_TILE = 24
@@ -151,48 +152,36 @@ class Conversion:
             raise RuntimeError(f"target {self.target.name} did not produce {art}")
         return self
 
-    def card(self) -> dict[str, Any]:
+    def card(self) -> ModelCard:
+        """The model card (runtime/card.py's typed contract; docs/model_card.md)."""
         from nsr_edge.models import count_parameters
         from nsr_edge.runtime import tiling
-        from nsr_edge.runtime.card import SCHEMA, VERSION
 
         o, cfg, low = self.options, self.resolved.config, self.lowered
         caps = self.target.capabilities
         spec = tiling.deploy_spec(o.tile, pad=TILE_PAD)
         first = low.methods[0]
         in_range = [0.0, 1.0] if self.task.name != "denoise" else [None, None]
-        return {
-            "schema": SCHEMA, "version": VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "model": {
-                "id": self.resolved.id, "arch": cfg.arch, "task": self.task.to_dict(), "scale": cfg.scale,
-                "channels": cfg.channels, "config": cfg.to_dict(), "params": count_parameters(self.deploy),
-                "source": self.source,
-                "provenance": (self.resolved.checkpoint.provenance if self.resolved.checkpoint else {}),
-            },
-            "target": self.target.name, "runner": caps.runner,
-            "artifact": {"file": caps.artifact, "kind": caps.artifact_kind,
-                         **artifact_digest({n: d for n, d in low.files.items()
-                                            if n == caps.artifact or n.startswith(caps.artifact + "/")}, caps.artifact)},
-            "strategy": o.strategy,
-            "recipe": self.recipe.to_dict(),
-            "quantization": self.quant_info,
-            "tile": spec.to_dict(),
-            "io": {
-                "inputs": [{"name": "input", "layout": "NCHW", "dtype": "float32", "range": in_range,
-                            "shape": first.input_shape,
-                            "meaning": "degraded image tile, RGB or gray, values in [0, 1] (8-bit / 255)"}],
-                "outputs": [{"name": "output", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
-                             "shape": first.output_shape,
-                             "meaning": f"restored tile, {cfg.scale}x the input size; clip to [0, 1], round to 8 bit"}],
-            },
-            "methods": [{"name": m.name, "input_shape": m.input_shape, "output_shape": m.output_shape}
-                        for m in low.methods],
-            "delegation": low.delegation_summary(),
-            **({"target_extra": low.extra} if low.extra else {}),
-            "tools": tool_versions(),
-            "validation": None, "profile": None,
-        }
+        art = {n: d for n, d in low.files.items() if n == caps.artifact or n.startswith(caps.artifact + "/")}
+        return ModelCard(
+            schema=SCHEMA, version=VERSION, created=now_utc(),
+            model=ModelInfo(
+                id=self.resolved.id, arch=cfg.arch, task=self.task.to_dict(), scale=cfg.scale, channels=cfg.channels,
+                config=cfg.to_dict(), params=count_parameters(self.deploy), source=Source(**self.source),
+                provenance=dict(self.resolved.checkpoint.provenance) if self.resolved.checkpoint else {},
+            ),
+            target=self.target.name, runner=caps.runner,
+            artifact=ArtifactInfo(file=caps.artifact, kind=caps.artifact_kind, **artifact_digest(art, caps.artifact)),
+            strategy=o.strategy, recipe=self.recipe.to_dict(), quantization=self.quant_info, tile=spec.to_dict(),
+            io=IOSpec(
+                inputs=[TensorSpec("input", "NCHW", "float32", in_range, first.input_shape,
+                                   "degraded image tile, RGB or gray, values in [0, 1] (8-bit / 255)")],
+                outputs=[TensorSpec("output", "NCHW", "float32", [0.0, 1.0], first.output_shape,
+                                    f"restored tile, {cfg.scale}x the input size; clip to [0, 1], round to 8 bit")],
+            ),
+            methods=[MethodSpec(m.name, m.input_shape, m.output_shape) for m in low.methods],
+            delegation=low.delegation_summary(), tools=tool_versions(), target_extra=dict(low.extra),
+        )
 
     def write(self, out: str, force: bool) -> Path:
         card = self.card()
@@ -202,7 +191,7 @@ class Conversion:
                 path.parent.mkdir(parents=True, exist_ok=True)  # directory artifacts (a Core ML .mlpackage)
                 path.write_bytes(data)
                 path.chmod(0o644)
-            write_json(tmp / "model.json", card)
+            write_card(tmp, card)
         return Path(out)
 
 
@@ -239,13 +228,11 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def convert(options: ConvertOptions, out: str, force: bool = False) -> tuple[Path, dict[str, Any]]:
+def convert(options: ConvertOptions, out: str, force: bool = False) -> tuple[Path, ModelCard]:
     """Run every stage and write ``out/<artifact>`` + ``out/model.json``; returns the folder and the card."""
     check_output_dir(out, force)  # fail before minutes of calibration, not after
     conv = Conversion(options).resolve().make_deploy().quantize().lower()
     path = conv.write(out, force)
-    from nsr_edge.runtime.card import load_card
-
     return path, load_card(path)
 
 

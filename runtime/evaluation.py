@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class ImageResult:
     ssim_y: float
     psnr_rgb: float
     seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, float | str]:
         d = asdict(self)
@@ -81,30 +81,73 @@ def tiled(tile_fn: TileFn, spec: TileSpec, scale: int, batch_size: int | None = 
     return lambda image: run_tiled(image, tile_fn, spec, scale, batch_size)
 
 
+Image = tuple[str, np.ndarray, np.ndarray]  # (name, network input float32 CHW, ground truth uint8 HWC)
+
+
+def prepare(pair: EvalPair, task: TaskSpec) -> Image:
+    """The degraded network input and the ground truth of one image, matched to the model's channels: a gray model
+    sees the Y of an RGB image (and is scored on Y), an RGB model sees a gray image as R = G = B."""
+    inp, gt = make_input(pair, task.name, task_level(task))
+    inp = _match_channels(inp, task.channels)
+    return pair.name, inp, _match_channels_hwc(gt, task.channels)
+
+
+def task_images(task: TaskSpec, dataset: str | None = None, dataset_dir: str | None = None,
+                data_dir: str | None = None, limit: int | None = None) -> tuple[str, list[Image]]:
+    """(label, prepared images) of a named set (default: the task's first evaluation set) or a folder of ground-truth
+    images, degraded for the task: what `validate`, `--strategy auto` and the demo run an artifact on."""
+    from .datasets import list_eval_images, list_folder_images
+    from .errors import UserError
+
+    try:
+        if dataset_dir:
+            pairs, label = list_folder_images(dataset_dir), str(dataset_dir)
+        else:
+            label = dataset or task.eval_sets[0]
+            pairs = list_eval_images(label, task.scale if task.name == "sr" else None, data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    images = []
+    for pair in pairs[:limit] if limit else pairs:
+        try:
+            images.append(prepare(pair, task))
+        except (ValueError, TypeError, OSError) as e:
+            raise UserError(f"{pair.hr_path}: {e}") from None
+    return label, images
+
+
+def score_images(
+    images: Iterable[Image],
+    task: TaskSpec,
+    restore: ImageFn,
+    on_output: Callable[[str, np.ndarray, np.ndarray, np.ndarray], dict[str, Any] | None] | None = None,
+) -> list[ImageResult]:
+    """THE evaluation loop (`eval` and `validate` both run it): restore each image, round to 8 bit, score it with
+    the task's published conventions. ``on_output(name, input, output_float_chw, gt)`` may add metrics to the row
+    (the distance to a reference output) or raise (a non-finite output)."""
+    results = []
+    for name, inp, gt in images:
+        t0 = time.perf_counter()
+        out = restore(inp)
+        seconds = time.perf_counter() - t0
+        extra = on_output(name, inp, out, gt) if on_output else None
+        out8 = to_uint8(out)
+        metrics = task_metrics(out8, _match_channels_hwc(gt, out8.shape[2]), task)
+        results.append(ImageResult(name, seconds=seconds, extra=extra or {}, **metrics))
+    return results
+
+
 def evaluate(
     dataset: str,
     pairs: Sequence[EvalPair],
     task: TaskSpec,
     restore: ImageFn,
-    progress: Callable[[str], Iterable] | None = None,
-    on_output: Callable[[EvalPair, np.ndarray, np.ndarray], dict[str, float] | None] | None = None,
+    progress: Callable[[str], Callable[[Iterable], Iterable]] | None = None,
+    on_output: Callable[[str, np.ndarray, np.ndarray, np.ndarray], dict[str, Any] | None] | None = None,
 ) -> DatasetResult:
-    """Restore every image of a set and score it. ``on_output(pair, output_float_chw, gt)`` may add metrics
-    (e.g. the distance to a reference output) to the image's row."""
-    results = []
+    """Restore every image of a set and score it (`score_images` over the set's prepared images)."""
     items = progress(dataset)(pairs) if progress else pairs
-    for pair in items:
-        inp, gt = make_input(pair, task.name, task_level(task))
-        inp = _match_channels(inp, task.channels)
-        t0 = time.perf_counter()
-        out = restore(inp)
-        seconds = time.perf_counter() - t0
-        out8 = to_uint8(out)
-        gt = _match_channels_hwc(gt, out8.shape[2])
-        metrics = task_metrics(out8, gt, task)
-        extra = on_output(pair, out, gt) if on_output else None
-        results.append(ImageResult(pair.name, seconds=seconds, extra=extra or {}, **metrics))
-    return DatasetResult(dataset, results)
+    return DatasetResult(dataset, score_images((prepare(p, task) for p in items), task, restore, on_output))
 
 
 def _match_channels(chw: np.ndarray, channels: int) -> np.ndarray:

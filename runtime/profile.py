@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .card import artifact_path, method_for_tile, tile_spec
+from .card import ModelCard, ProfileRecord, artifact_path, method_for_tile, now_utc, tile_spec
 from .runners.child import RunnerProcess
 
 
@@ -32,7 +32,7 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def profile_artifact(
-    artifact_dir: str, card: dict[str, Any], threads: int = 1, runs: int = 50, warmup: int = 5,
+    artifact_dir: str, card: ModelCard, threads: int = 1, runs: int = 50, warmup: int = 5,
     etdump: str | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """Time ``runs`` executions of the card's ``forward`` on a random tile (after ``warmup``), in a child process.
@@ -43,22 +43,22 @@ def profile_artifact(
     path = artifact_path(artifact_dir, card)
     method = method_for_tile(card)
     spec = tile_spec(card)
-    scale = int(card["model"]["scale"])
-    x = np.random.default_rng(seed).random(method["input_shape"], dtype=np.float32)
-    with RunnerProcess(card["runner"], str(path), method["name"], threads) as proc:
+    scale = card.model.scale
+    x = np.random.default_rng(seed).random(method.input_shape, dtype=np.float32)
+    with RunnerProcess(card.runner, str(path), method.name, threads) as proc:
         times = proc.time(x, runs, warmup)
         rss = proc.peak_rss_bytes()
         used_threads = proc.threads
     if etdump is not None:
-        with RunnerProcess(card["runner"], str(path), method["name"], threads, etdump=etdump) as proc:
+        with RunnerProcess(card.runner, str(path), method.name, threads, etdump=etdump) as proc:
             proc.time(x, 3, 1)
             proc.write_etdump()
     stats = latency_stats(times)
-    out_h, out_w = method["output_shape"][-2:]
+    out_h, out_w = method.output_shape[-2:]
     effective = (spec.stride * scale) ** 2
     return {
-        "target": card["target"], "runner": card["runner"], "method": method["name"],
-        "threads": used_threads, "tile": spec.tile, "input_shape": method["input_shape"],
+        "target": card.target, "runner": card.runner, "method": method.name,
+        "threads": used_threads, "tile": spec.tile, "input_shape": method.input_shape,
         "runs": runs, "warmup": warmup, **stats,
         "ms_per_megapixel": round(stats["median_ms"] / (effective / 1e6), 3),
         "ms_per_megapixel_tile": round(stats["median_ms"] / (out_h * out_w / 1e6), 3),
@@ -66,4 +66,19 @@ def profile_artifact(
     }
 
 
-__all__ = ["latency_stats", "profile_artifact"]
+def machine() -> str:
+    """Where a measurement ran, in words: platform, processor, Python."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.system()} {platform.machine()} ({cpu}), Python {platform.python_version()}"
+
+
+def profile_record(result: dict[str, Any]) -> ProfileRecord:
+    """The card's record of a `profile_artifact` result (one shape for every writer)."""
+    main = ("method", "tile", "threads", "runs", "warmup", "median_ms", "p90_ms", "ms_per_megapixel", "peak_rss_mb")
+    stats = {k: v for k, v in result.items() if k in ("mean_ms", "min_ms", "max_ms", "ms_per_megapixel_tile")}
+    return ProfileRecord(**{k: result[k] for k in main}, machine=machine(), recorded=now_utc(), stats=stats)
+
+
+__all__ = ["latency_stats", "profile_artifact", "machine", "profile_record"]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics
-from .evaluation import task_metrics
+from .evaluation import Image, score_images, task_metrics
 from .errors import UserError
 from .images import to_uint8
 from .tasks import TaskSpec
@@ -58,8 +58,20 @@ def _finite(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+class NonFiniteOutput(UserError):
+    """The artifact produced NaN or infinite values: validation fails, whatever the tolerances."""
+
+
+def check_finite(name: str, out: np.ndarray, what: str = "the artifact's output") -> None:
+    bad = ~np.isfinite(out)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise NonFiniteOutput(f"image {name}: {what} holds {int(bad.sum())} non-finite values "
+                              f"(first {float(out[first])} at CHW index {first}); the artifact is broken")
+
+
 def validate_images(
-    inputs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    inputs: Sequence[Image],
     task: TaskSpec,
     spec: TileSpec,
     artifact: TileFn,
@@ -68,28 +80,39 @@ def validate_images(
     allow_small: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """``inputs``: (name, network input float32 CHW, ground truth uint8 HWC) per image. Returns the report
-    ``{"summary": {...}, "images": [...]}``; summary keys: psnr_y, ssim_y, psnr_y_fp32, ssim_y_fp32, drop_db,
-    psnr_vs_reference, max_abs_vs_reference, images."""
-    rows = []
+    """``inputs``: (name, network input float32 CHW, ground truth uint8 HWC) per image (`evaluation.task_images`).
+    Runs the shared evaluation loop (`evaluation.score_images`) with the artifact through the card's tiling, and the
+    FP32 reference beside it. Returns ``{"summary": {...}, "images": [...]}``; summary keys: psnr_y, ssim_y,
+    psnr_y_fp32, ssim_y_fp32, drop_db, psnr_vs_reference, max_abs_vs_reference, images. A non-finite output (of the
+    artifact or the reference) raises `NonFiniteOutput`."""
     scale = task.scale if task.name == "sr" else 1
-    for name, x, gt in progress_iter(inputs, "validating", progress):
+    for name, x, _ in inputs:  # before any work
         h, w = x.shape[1:]
         if min(h, w) < spec.tile and not allow_small:
             raise UserError(f"image {name} is {w}x{h} (input pixels), smaller than the artifact's {spec.tile}px tile; "
                             "convert with a smaller --tile, or pass --allow-small to pad it")
-        out = run_tiled(x, artifact, spec, scale=scale, batch_size=batch_size)
-        row: dict[str, Any] = {"name": name, "size": [int(w), int(h)]}
-        row.update(scores(out, gt, task))
+
+    def compare(name: str, x: np.ndarray, out: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+        check_finite(name, out)
+        row: dict[str, Any] = {"size": [int(x.shape[2]), int(x.shape[1])]}
         if reference is not None:
             ref = run_tiled(x, reference, spec, scale=scale, batch_size=None)
+            check_finite(name, ref, "the FP32 reference's output")
             ref_m = scores(ref, gt, task)
             a, b = np.clip(out, 0, 1), np.clip(ref, 0, 1)
             row["psnr_y_fp32"] = ref_m["psnr_y"]
             row["ssim_y_fp32"] = ref_m["ssim_y"]
-            row["drop_db"] = ref_m["psnr_y"] - row["psnr_y"]
             row["psnr_vs_reference"] = metrics.psnr(a, b, data_range=1.0)
             row["max_abs_vs_reference"] = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))
+        return row
+
+    restore = lambda x: run_tiled(x, artifact, spec, scale=scale, batch_size=batch_size)  # noqa: E731
+    results = score_images(progress_iter(inputs, "validating", progress), task, restore, compare)
+    rows = []
+    for r in results:
+        row = {"name": r.name, "size": r.extra.pop("size"), "psnr_y": r.psnr_y, "ssim_y": r.ssim_y, **r.extra}
+        if "psnr_y_fp32" in row:
+            row["drop_db"] = row["psnr_y_fp32"] - row["psnr_y"]
         rows.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()})
     return {"summary": summarize(rows), "images": rows}
 
@@ -110,6 +133,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if any(r.get("psnr_vs_reference") is None for r in rows):  # identical outputs give inf: report it as such
             s["psnr_vs_reference_identical_images"] = sum(1 for r in rows if r.get("psnr_vs_reference") is None)
     return s
+
+
+def validation_record(dataset: str, summary: dict[str, Any], tol: Tolerances, passed: bool, runner: str):
+    """The card's record of a validation run (`card.ValidationRecord`: one shape for every writer)."""
+    from .card import ValidationRecord, now_utc
+
+    return ValidationRecord(dataset=dataset, images=int(summary["images"]), summary=dict(summary), passed=passed,
+                            runner=runner, recorded=now_utc(), tolerances=dict(vars(tol)))
 
 
 def check(summary: dict[str, Any], tol: Tolerances) -> list[str]:
@@ -151,4 +182,5 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Tolerances", "scores", "validate_images", "summarize", "check", "format_report"]
+__all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "summarize", "validation_record", "check",
+           "format_report"]

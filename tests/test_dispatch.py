@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli
 from nsr_edge.converters.executorch_dispatch import build_plan, run_programs
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime.card import load_card
+from nsr_edge.runtime.card import load_card, read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 
@@ -48,7 +48,7 @@ def _convert(root, cfg, **options):
     save_checkpoint(Checkpoint(cfg, model.state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
     out, card = convert(ConvertOptions(str(ckpt), target="executorch-dispatch", strategy="hard", tile=TILE,
                                        progress=False, **options), str(root / "artifact"))
-    return {"ckpt": ckpt, "out": out, "card": card, "model": model}
+    return {"ckpt": ckpt, "out": out, "card": card.to_dict(), "model": model}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_validate_and_profile_run_it_like_any_artifact(fp32):
     r = run_cli("validate", fp32["out"], "--dataset", "set5", "--limit", "1", "--max-abs", "1e-4", "--quiet",
                 "--record", "--reference", fp32["ckpt"])
     assert r.returncode == 0, r.stderr
-    assert load_card(fp32["out"])["validation"]["summary"]["max_abs_vs_reference"] < 1e-4
+    assert read_card_json(fp32["out"])["validation"][-1]["summary"]["max_abs_vs_reference"] < 1e-4
     r = run_cli("profile", fp32["out"], "--runs", "3", "--warmup", "1", "--json")
     assert r.returncode == 0, r.stderr
     assert '"runner": "dispatch"' in r.stdout

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime.card import load_card
+from nsr_edge.runtime.card import load_card, read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 
@@ -65,11 +65,11 @@ def test_ort_artifact_equals_the_deploy_form(arts, strategy, model):
 
 
 def test_kernel_mix_card_counts_computed_weight_convs(arts):
-    card = load_card(arts["kernel-mix"])
+    card = read_card_json(arts["kernel-mix"])
     assert card["target"] == "onnxruntime" and card["runner"] == "onnxruntime" and card["strategy"] == "kernel-mix"
     sparse_convs = 2 * SOFT.blocks
     assert card["target_extra"]["onnx"]["computed_weight_convs"] == sparse_convs
-    assert load_card(arts["output-mix"])["target_extra"]["onnx"]["computed_weight_convs"] == 0
+    assert read_card_json(arts["output-mix"])["target_extra"]["onnx"]["computed_weight_convs"] == 0
     assert card["tools"]["onnxruntime"]
     # --extra-tiles: one more graph, its own method
     assert [m["name"] for m in card["methods"]] == ["forward", "forward_48x48"]

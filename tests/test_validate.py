@@ -12,7 +12,7 @@ import torch
 from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime import validate as V
-from nsr_edge.runtime.card import CardError, artifact_path, load_card
+from nsr_edge.runtime.card import CardError, artifact_path, load_card, read_card_json
 from nsr_edge.runtime.profile import latency_stats
 from nsr_edge.runtime.runners.child import RunnerCrash, RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
@@ -46,7 +46,7 @@ def test_validate_and_profile_commands(artifacts):
     s = rep["summary"]
     assert s["images"] == 2 and len(rep["images"]) == 2
     assert abs(s["drop_db"] - (s["psnr_y_fp32"] - s["psnr_y"])) < 1e-5
-    assert load_card(artifacts["int8-ptq"])["validation"]["summary"]["images"] == 2
+    assert read_card_json(artifacts["int8-ptq"])["validation"][-1]["summary"]["images"] == 2
     # an impossible tolerance makes it fail loudly
     r = run_cli("validate", artifacts["int8-ptq"], "--dataset", "set5", "--limit", "1", "--quiet",
                 "--max-drop-db", "-5", "--reference", artifacts["ckpt"])

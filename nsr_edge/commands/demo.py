@@ -34,14 +34,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .. import hub
-    from ..converters.base import atomic_output_dir, check_output_dir, write_json
+    from ..converters.base import atomic_output_dir, check_output_dir
+    from ..runtime.files import atomic_write_json
     from ..converters.pipeline import ConvertOptions, convert
-    from ..runtime.card import artifact_path, tile_spec
-    from ..runtime.profile import profile_artifact
-    from ..runtime.runners.child import RunnerProcess
-    from ..runtime.validate import validate_images
     from ..reference import reference_fn
-    from .deploy import _task, load_inputs
+    from ..runtime.card import artifact_path, record_profile, record_validation, tile_spec
+    from ..runtime.evaluation import task_images
+    from ..runtime.profile import profile_artifact, profile_record
+    from ..runtime.runners.child import RunnerProcess
+    from ..runtime.validate import Tolerances, validate_images, validation_record
 
     check_output_dir(args.out, args.force)
     if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in hub.zoo_ids():
@@ -54,27 +55,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"[demo] convert {args.model} -> executorch {recipe}", file=sys.stderr)
             _, card = convert(ConvertOptions(args.model, "executorch", recipe, args.tile, data_dir=args.data_dir,
                                              progress=not args.quiet), str(folder))
-            task, spec = _task(card), tile_spec(card)
+            task, spec = card.task, tile_spec(card)
             reference = reference_fn(card, args.model)
-            row: dict[str, Any] = {"recipe": recipe, "artifact": folder.name, "bytes": card["artifact"]["bytes"],
-                                   "delegation": card["delegation"]["methods"]["forward"], "sets": {}}
-            with RunnerProcess(card["runner"], str(artifact_path(folder, card)), "forward", 1) as proc:
+            fwd = card.delegation.methods["forward"]
+            row: dict[str, Any] = {"recipe": recipe, "artifact": folder.name, "bytes": card.artifact.bytes,
+                                   "delegation": {"delegated_ops": fwd.delegated_ops, "total_ops": fwd.total_ops},
+                                   "sets": {}}
+            with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
                 for ds in args.datasets:
                     print(f"[demo] validate {recipe} on {ds}", file=sys.stderr)
-                    _, inputs = load_inputs(task, ds, None, args.data_dir, None)
+                    _, inputs = task_images(task, ds, None, args.data_dir)
                     rep = validate_images(inputs, task, spec, proc.run, reference, allow_small=True,
                                           progress=not args.quiet)
                     row["sets"][ds] = rep["summary"]
+                    record_validation(folder, validation_record(ds, rep["summary"], Tolerances(), True, card.runner))
             print(f"[demo] profile {recipe}", file=sys.stderr)
             row["profile"] = profile_artifact(str(folder), card, threads=1, runs=args.runs, warmup=5)
+            record_profile(folder, profile_record(row["profile"]))
             rows.append(row)
-            from ..runtime.card import update_card
-
-            update_card(folder, "validation", {"datasets": row["sets"]})
-            update_card(folder, "profile", row["profile"])
-        write_json(tmp / "results.json", {"model": args.model, "tile": args.tile, "rows": rows})
+        atomic_write_json(tmp / "results.json", {"model": args.model, "tile": args.tile, "rows": rows})
         plot(rows, args.datasets[0], tmp / "psnr_vs_latency.png", args.model)
-        (tmp / "report.md").write_text(report_md(rows, args.model, args.tile, args.datasets, card["tools"]))
+        (tmp / "report.md").write_text(report_md(rows, args.model, args.tile, args.datasets, card.tools))
     print(f"wrote {Path(args.out) / 'report.md'}")
     print((Path(args.out) / "report.md").read_text())
     return 0

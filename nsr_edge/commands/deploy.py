@@ -96,167 +96,94 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         path, card = convert(options, args.out, args.force)
     if args.json:
-        print_json(card)
+        print_json(card.to_dict())
         return 0
-    d = card["delegation"]
-    fwd = d["methods"]["forward"]
-    print(f"{path}/{card['artifact']['file']}: {card['model']['id']} -> {card['target']} {card['recipe']['name']}, "
-          f"strategy {card['strategy']}, tile {card['tile']['tile']}, {card['artifact']['bytes'] / 1e6:.2f} MB")
-    print(f"  {d['backend']}: {fwd['delegated_ops']}/{fwd['total_ops']} ops delegated in {fwd['partitions']} "
-          f"partition(s)" + ("" if fwd["fully_delegated"] else "; outside: " + ", ".join(
-              f"{f['op']} x{f['count']} ({f['reason']})" for f in fwd["fallbacks"])))
-    for m in card["methods"]:
-        print(f"  method {m['name']}: {m['input_shape']} -> {m['output_shape']}")
-    if card.get("auto"):
+    d = card.delegation
+    fwd = d.methods["forward"]
+    print(f"{path}/{card.artifact.file}: {card.model.id} -> {card.target} {card.recipe['name']}, "
+          f"strategy {card.strategy}, tile {card.tile['tile']}, {card.artifact.bytes / 1e6:.2f} MB")
+    print(f"  {d.backend}: {fwd.delegated_ops}/{fwd.total_ops} ops delegated in {fwd.partitions} "
+          f"partition(s)" + ("" if fwd.fully_delegated else "; outside: " + ", ".join(
+              f"{f.op} x{f.count} ({f.reason})" for f in fwd.fallbacks)))
+    for m in card.methods:
+        print(f"  method {m.name}: {m.input_shape} -> {m.output_shape}")
+    if card.auto:
         print("  strategy auto: " + "; ".join(f"{c['strategy']} {c.get('median_ms', '-')} ms, drop "
-                                               f"{c.get('drop_db', '-')} dB ({c['status']})" for c in card["auto"]["candidates"]))
+                                               f"{c.get('drop_db', '-')} dB ({c['status']})" for c in card.auto["candidates"]))
     return 0
 
 
 # ----------------------------------------------------------------------------------------------------------- validate
 
 
-def _task(card: dict[str, Any]):
-    from ..runtime.tasks import TaskSpec
-
-    return TaskSpec.from_dict(card["model"]["task"])
-
-
-def load_inputs(task, dataset: str | None, dataset_dir: str | None, data_dir: str | None,
-                limit: int | None) -> tuple[str, list[tuple[str, Any, Any]]]:
-    """(label, [(name, input CHW float32, ground truth uint8 HWC)]) for a named set or a folder of images."""
-    from ..runtime import datasets
-
-    level = {"sr": task.scale, "denoise": task.noise, "jpeg": task.quality}[task.name]
-    try:
-        if dataset_dir:
-            pairs, label = datasets.list_folder_images(dataset_dir), str(dataset_dir)
-        else:
-            label = dataset or task.eval_sets[0]
-            pairs = datasets.list_eval_images(label, task.scale if task.name == "sr" else None, data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-    pairs = pairs[:limit] if limit else pairs
-    out = []
-    for p in pairs:
-        try:
-            x, gt = datasets.make_input(p, task.name, level)
-        except (ValueError, TypeError, OSError) as e:
-            raise UserError(f"{p.hr_path}: {e}") from None
-        if task.channels == 1 and x.shape[0] == 3:
-            raise UserError(f"{p.name}: an RGB input for a gray model")
-        out.append((p.name, x, gt))
-    return label, out
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..runtime import validate as V
-    from ..runtime.card import artifact_path, load_card, tile_spec, update_card
+    from ..runtime.card import artifact_path, load_card, record_validation, tile_spec
+    from ..runtime.evaluation import task_images
     from ..runtime.runners.child import RunnerProcess
 
-    card = load_card(args.artifact)
-    path = artifact_path(args.artifact, card)
-    task, spec = _task(card), tile_spec(card)
-    label, inputs = load_inputs(task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
-    if args.max_drop_db is not None and args.no_reference:
-        raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
     if args.reference and args.no_reference:
         raise UserError("--reference and --no-reference contradict each other: pass one")
-    with RunnerProcess(card["runner"], str(path), "forward", args.threads) as proc:  # a broken artifact fails first
+    if args.max_drop_db is not None and args.no_reference:
+        raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
+    card = load_card(args.artifact)
+    path = artifact_path(args.artifact, card)
+    task, spec = card.task, tile_spec(card)
+    label, inputs = task_images(task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
+    with RunnerProcess(card.runner, str(path), "forward", args.threads) as proc:  # a broken artifact fails first
         reference = None if args.no_reference else reference_fn(card, args.reference)
         report = V.validate_images(inputs, task, spec, proc.run, reference, batch_size=proc.input_shape[0],
                                    allow_small=args.allow_small, progress=not args.quiet)
     report["dataset"] = label
-    report["artifact"] = {"target": card["target"], "recipe": card["recipe"]["name"], "strategy": card["strategy"],
+    report["artifact"] = {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                           "tile": spec.tile}
     if args.per_layer:
+        from ..etdevtools import per_layer_gap
+
         report["per_layer"] = per_layer_gap(args.artifact, card, inputs[0][1], spec)
     tol = V.Tolerances(args.max_drop_db, args.min_psnr_vs_reference, args.max_abs)
     fails = V.check(report["summary"], tol)
     report["passed"] = not fails
     if args.record:
-        update_card(args.artifact, "validation", {"dataset": label, "summary": report["summary"],
-                                                  "tolerances": tol.__dict__, "passed": not fails})
+        record_validation(args.artifact, V.validation_record(label, report["summary"], tol, not fails, card.runner))
     if args.json:
         print_json(report)
     else:
-        print(V.format_report(report, f"{card['model']['id']} {card['target']} {card['recipe']['name']} "
-                                      f"({card['strategy']}, tile {spec.tile}) on {label}"))
+        print(V.format_report(report, f"{card.title} on {label}"))
         if report.get("per_layer"):
+            from ..etdevtools import format_per_layer
+
             print(format_per_layer(report["per_layer"]))
     for f in fails:
         print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
     return 1 if fails else 0
 
 
-def per_layer_gap(artifact_dir: str, card: dict[str, Any], image, spec, top: int = 15) -> dict[str, Any]:
-    """Per-op numeric gap of one tile: ETDump with intermediate outputs + ETRecord, compared by the Inspector."""
-    import numpy as np
-
-    from ..runtime.card import artifact_path
-    from ..runtime.runners.child import RunnerProcess
-    from ..runtime.tiling import split
-
-    etrecord = Path(artifact_dir) / "etrecord.bin"
-    if card["target"] != "executorch" or not etrecord.is_file():
-        raise UserError("--per-layer needs an ExecuTorch artifact with its etrecord.bin")
-    tiles, _ = split(image, spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        etdump, debug = str(Path(tmp) / "etdump.etdp"), str(Path(tmp) / "debug.bin")
-        with RunnerProcess(card["runner"], str(artifact_path(artifact_dir, card)), "forward", 1, etdump=etdump,
-                           debug_buffer=debug, debug_buffer_size=256 << 20) as proc:
-            proc.run(tiles[:1])
-            proc.write_etdump()
-        from executorch.devtools import Inspector
-
-        try:
-            inspector = Inspector(etdump_path=etdump, etrecord=load_etrecord(etrecord), debug_buffer_path=debug)
-            df = inspector.calculate_numeric_gap("SNR")
-        except Exception as e:  # noqa: BLE001 - the devtools are young; say what failed, keep the rest of the report
-            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-    rows = []
-    for _, r in df.iterrows():
-        gap = r.get("gap")
-        gap = float(np.mean(gap)) if isinstance(gap, (list, tuple)) else float(gap) if gap is not None else None
-        ops = r.get("runtime_ops") or r.get("aot_ops")
-        rows.append({"ops": [str(o) for o in (ops if isinstance(ops, (list, tuple)) else [ops])][:4], "snr_db": gap})
-    rows.sort(key=lambda r: (r["snr_db"] is None, r["snr_db"]))
-    return {"metric": "SNR dB of the artifact's intermediate outputs vs the ETRecord's float graph", "rows": rows[:top],
-            "count": len(rows)}
-
-
-def format_per_layer(pl: dict[str, Any]) -> str:
-    if "error" in pl:
-        return f"per-layer: not available ({pl['error']})"
-    lines = [f"per-layer ({pl['metric']}; {len(pl['rows'])} lowest of {pl['count']}):"]
-    lines += [f"  {r['snr_db']:>8.2f} dB  {', '.join(r['ops'])}" for r in pl["rows"] if r["snr_db"] is not None]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------------------ profile
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..runtime.card import load_card, update_card
-    from ..runtime.profile import profile_artifact
+    from ..runtime.card import load_card, record_profile
+    from ..runtime.profile import profile_artifact, profile_record
 
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         raise UserError("--runs and --threads must be >= 1, --warmup >= 0")
     card = load_card(args.artifact)
+    if args.per_op and card.runner != "executorch":
+        raise UserError(f"--per-op is available for ExecuTorch artifacts (this one is {card.runner})")
     with tempfile.TemporaryDirectory() as tmp:
         etdump = str(Path(tmp) / "profile.etdp") if args.per_op else None
-        if args.per_op and card["runner"] != "executorch":
-            raise UserError(f"--per-op is available for ExecuTorch artifacts (this one is {card['runner']})")
         result = profile_artifact(args.artifact, card, args.threads, args.runs, args.warmup, etdump)
         if etdump:
+            from ..etdevtools import per_op_times
+
             result["per_op"] = per_op_times(etdump, Path(args.artifact) / "etrecord.bin")
     if args.record:
-        update_card(args.artifact, "profile", {k: v for k, v in result.items() if k != "per_op"})
+        record_profile(args.artifact, profile_record(result))
     if args.json:
         print_json(result)
         return 0
-    print(f"{card['model']['id']} {card['target']} {card['recipe']['name']} ({card['strategy']}), tile "
-          f"{result['tile']}, {result['threads']} thread(s), {result['runs']} runs after {result['warmup']} warm-up:")
+    print(f"{card.title}, {result['threads']} thread(s), {result['runs']} runs after {result['warmup']} warm-up:")
     print(f"  median {result['median_ms']:.3f} ms  p90 {result['p90_ms']:.3f} ms per tile;  "
           f"{result['ms_per_megapixel']:.1f} ms per output megapixel;  peak RSS {result['peak_rss_mb']:.0f} MB")
     if result.get("per_op"):
@@ -264,50 +191,3 @@ def cmd_profile(args: argparse.Namespace) -> int:
         for r in result["per_op"]["ops"][:15]:
             print(f"    {r['ms']:>9.3f}  {100 * r['share']:5.1f}%  x{r['count']:<4} {r['name']}")
     return 0
-
-
-def per_op_times(etdump: str, etrecord: Path) -> dict[str, Any]:
-    """Median time per event (op or delegate call) from an ETDump, via the ExecuTorch Inspector."""
-    from executorch.devtools import Inspector
-
-    import re
-    import warnings
-
-    import numpy as np
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            inspector = Inspector(etdump_path=etdump, etrecord=load_etrecord(etrecord) if etrecord.is_file() else None)
-            df = inspector.to_dataframe()
-    except Exception as e:  # noqa: BLE001
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "ops": []}
-    kinds: dict[str, dict[str, Any]] = {}
-    for _, r in df.iterrows():
-        raw = r.get("raw")
-        if r.get("event_block_name") != "Execute" or raw is None or not len(raw):
-            continue
-        kind = re.sub(r" #\d+$", "", str(r.get("event_name")))  # "Convolution (NHWC, QC8) IGEMM #3" -> its kind
-        if kind in ("Method::execute", "DELEGATE_CALL"):  # containers of the ops below, not ops
-            continue
-        k = kinds.setdefault(kind, {"name": kind, "ms": 0.0, "count": 0})
-        k["ms"] += float(np.median(raw))  # per run: the median of each instance, summed over instances
-        k["count"] += 1
-    rows = sorted(kinds.values(), key=lambda r: -r["ms"])
-    total = sum(r["ms"] for r in rows) or 1.0
-    for r in rows:
-        r["ms"] = round(r["ms"], 4)
-        r["share"] = round(r["ms"] / total, 4)
-    return {"ops": rows, "unit": "ms per run (median per op instance, summed by kind)", "traced_total_ms": round(total, 4)}
-
-
-def load_etrecord(path: Path):
-    """The ETRecord of the ``forward`` method (the Inspector reads one method; multi-tile artifacts hold several)."""
-    from executorch.devtools.etrecord import parse_etrecord
-
-    et = parse_etrecord(str(path))
-    for attr in ("edge_dialect_program", "exported_program"):
-        value = getattr(et, attr, None)
-        if isinstance(value, dict):
-            setattr(et, attr, value.get("forward", next(iter(value.values()))))
-    return et
