@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
-from nsr_edge.runtime.card import artifact_path, load_card, tile_spec  # noqa: E402
+from nsr_edge.runtime.card import artifact_path, load_card  # noqa: E402
 from nsr_edge.runtime.runners.child import RunnerProcess  # noqa: E402
 
 def eqparams_model() -> str:
@@ -134,20 +134,18 @@ def main() -> int:
     if not args.skip_psnr:
         from nsr_edge.reference import reference_fn
         from nsr_edge.runtime.evaluation import task_images
-        from nsr_edge.runtime.validate import validate_images
+        from nsr_edge.runtime.validate import validate_artifact
 
         for name, folder in folders.items():
             card = load_card(folder)
-            task = card.task
-            ref = reference_fn(card)
+            sets = {d: task_images(card.task, d, limit=args.psnr_limit)[1] for d in args.sets}
+            reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card), progress=False)
             psnr[name] = {}
-            with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
-                for dataset in args.sets:
-                    _, inputs = task_images(task, dataset, limit=args.psnr_limit)
-                    s = validate_images(inputs, task, tile_spec(card), proc.run, ref, progress=False)["summary"]
-                    psnr[name][dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"]}
-                    if card.model.id == "nsr_sr_x2":
-                        soft_fp32[dataset] = s["psnr_y_fp32"]
+            for dataset, rep in reports.items():
+                s = rep["summary"]
+                psnr[name][dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"]}
+                if card.model.id == "nsr_sr_x2":
+                    soft_fp32[dataset] = s["psnr_y_fp32"]
             print(f"{name}: " + ", ".join(f"{d} {v['psnr_y']:.3f} (FP32 model {v['fp32_model']:.3f})"
                                           for d, v in psnr[name].items()), file=sys.stderr, flush=True)
 

@@ -28,11 +28,10 @@ from .pipeline import ConvertOptions, convert
 def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: float = 0.05,
                  dataset: str | None = None, runs: int = 10) -> tuple[Path, ModelCard]:
     from nsr_edge.reference import reference_fn
-    from nsr_edge.runtime.card import artifact_path, load_card, read_card_json, tile_spec, write_card
+    from nsr_edge.runtime.card import load_card, read_card_json, write_card
     from nsr_edge.runtime.evaluation import task_images
     from nsr_edge.runtime.profile import profile_artifact
-    from nsr_edge.runtime.runners.child import RunnerProcess
-    from nsr_edge.runtime.validate import validate_images
+    from nsr_edge.runtime.validate import validate_artifact
 
     from .base import get_target
 
@@ -63,16 +62,14 @@ def convert_auto(options: ConvertOptions, out: str, force: bool, max_drop_db: fl
                             + "; ".join(f"{c['name']}: {c['status']}" for c in candidates))
         chosen = None
         card0 = load_card(measured[0]["folder"])
-        task = card0.task
-        label, inputs = task_images(task, dataset, None, options.data_dir)
+        label, inputs = task_images(card0.task, dataset, None, options.data_dir)
         reference = reference_fn(card0, options.model)
         for c in measured:
             folder = c["folder"]
             card = load_card(folder)
             try:
-                with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
-                    rep = validate_images(inputs, task, tile_spec(card), proc.run, reference,
-                                          allow_small=True, progress=options.progress)
+                rep = validate_artifact(str(folder), card, {label: inputs}, lambda: reference, allow_small=True,
+                                        progress=options.progress)[label]
             except Exception as e:  # noqa: BLE001 - a crash while validating rejects the candidate, not the command
                 c["status"] = f"failed validation: {_one_line(e)}"
                 continue

@@ -46,11 +46,16 @@ def zoo_card(model_id: str) -> dict[str, Any]:
     return json.loads((ZOO_DIR / model_id / "card.json").read_text())
 
 
+def zoo_checkpoint(model_id: str) -> Path:
+    """Where a zoo model's checkpoint lives (whether or not it is there)."""
+    return ZOO_DIR / model_id / "model.pt"
+
+
 def resolve(name: str, overrides: dict[str, Any] | None = None, require_trained: bool = False) -> ResolvedModel:
     """Zoo id, then checkpoint path, then preset, then architecture name (with config overrides)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if name in zoo_ids():
-        ckpt = load_checkpoint(ZOO_DIR / name / "model.pt")
+        ckpt = load_checkpoint(zoo_checkpoint(name))
         _refuse_overrides(name, overrides)
         return ResolvedModel(name, ckpt.config, ckpt, zoo_card(name))
     path = Path(name)
@@ -80,7 +85,7 @@ def resolve(name: str, overrides: dict[str, Any] | None = None, require_trained:
 def checkpoint_path(name: str) -> Path:
     """The checkpoint file behind a zoo id or a path."""
     if name in zoo_ids():
-        return ZOO_DIR / name / "model.pt"
+        return zoo_checkpoint(name)
     path = Path(name)
     if not path.is_file():
         raise UserError(f"{name}: neither a zoo id nor a checkpoint file")

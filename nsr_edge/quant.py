@@ -29,9 +29,6 @@ from torch import nn
 from .errors import UserError
 from .runtime.tasks import TaskSpec
 
-ProgressFactory = Callable[..., Any]
-
-
 def _bar(desc: str, total: int | None, enabled: bool):
     from tqdm import tqdm
 

@@ -24,7 +24,7 @@ def reference_checkpoint(card: ModelCard, checkpoint: str | os.PathLike | None =
     if checkpoint is not None and not (src.kind == "zoo" and str(checkpoint) == src.ref):  # a zoo id is no path
         path = Path(checkpoint)
     elif src.kind == "zoo":
-        path = hub.checkpoint_path(src.ref) if src.ref in hub.zoo_ids() else hub.ZOO_DIR / src.ref / "model.pt"
+        path = hub.zoo_checkpoint(src.ref)
     else:
         path = Path(src.ref)
     if not path.is_file():
@@ -38,18 +38,11 @@ def reference_checkpoint(card: ModelCard, checkpoint: str | os.PathLike | None =
 
 def reference_fn(card: ModelCard, checkpoint: str | os.PathLike | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The FP32 model (training form, eval) as a tiles -> tiles function on numpy NCHW float32 batches."""
-    import torch
-
     from . import hub
+    from .evaluate import torch_tile_fn
 
     path = reference_checkpoint(card, checkpoint)
-    model = hub.resolve(str(path), require_trained=True).build().eval()
-
-    @torch.no_grad()
-    def run(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
-
-    return run
+    return torch_tile_fn(hub.resolve(str(path), require_trained=True).build())
 
 
 __all__ = ["reference_checkpoint", "reference_fn"]

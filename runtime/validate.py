@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .errors import UserError
 from .images import to_uint8
 from .tasks import TaskSpec
 from .tiling import TileSpec, run_tiled
+
+if TYPE_CHECKING:
+    from .card import ModelCard
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 
@@ -117,6 +120,32 @@ def validate_images(
     return {"summary": summarize(rows), "images": rows}
 
 
+def validate_artifact(
+    artifact_dir: str,
+    card: "ModelCard",
+    images: dict[str, Sequence[Image]],
+    make_reference: Callable[[], TileFn | None] | None,
+    threads: int = 1,
+    allow_small: bool = False,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Validate an artifact folder on one or more prepared image sets (label -> `evaluation.task_images` output):
+    the artifact's runner runs in a child process (a native abort is one line), started once for all sets.
+    ``make_reference`` builds the FP32 reference tile function (or None for task metrics only); it is called once the
+    artifact has loaded, so a broken artifact fails before a reference model is built. Returns label ->
+    `validate_images` report."""
+    from .card import artifact_path, tile_spec
+    from .runners.child import RunnerProcess
+
+    path = artifact_path(artifact_dir, card)
+    task, spec = card.task, tile_spec(card)
+    with RunnerProcess(card.runner, str(path), "forward", threads) as proc:
+        ref = make_reference() if make_reference is not None else None
+        return {label: validate_images(inputs, task, spec, proc.run, ref, batch_size=proc.input_shape[0],
+                                       allow_small=allow_small, progress=progress)
+                for label, inputs in images.items()}
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def mean(key: str) -> float | None:
         vals = [r[key] for r in rows if r.get(key) is not None]
@@ -182,5 +211,5 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "summarize", "validation_record", "check",
+__all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "validate_artifact", "summarize", "validation_record", "check",
            "format_report"]

@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli
 from nsr_edge.converters.executorch_dispatch import build_plan, run_programs
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime.card import load_card, read_card_json
+from nsr_edge.runtime.card import read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime.card import load_card, read_card_json
+from nsr_edge.runtime.card import read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 

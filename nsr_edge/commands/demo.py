@@ -38,11 +38,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..runtime.files import atomic_write_json
     from ..converters.pipeline import ConvertOptions, convert
     from ..reference import reference_fn
-    from ..runtime.card import artifact_path, record_profile, record_validation, tile_spec
+    from ..runtime.card import record_profile, record_validation
     from ..runtime.evaluation import task_images
     from ..runtime.profile import profile_artifact, profile_record
-    from ..runtime.runners.child import RunnerProcess
-    from ..runtime.validate import Tolerances, validate_images, validation_record
+    from ..runtime.validate import Tolerances, validate_artifact, validation_record
 
     check_output_dir(args.out, args.force)
     if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in hub.zoo_ids():
@@ -55,20 +54,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"[demo] convert {args.model} -> executorch {recipe}", file=sys.stderr)
             _, card = convert(ConvertOptions(args.model, "executorch", recipe, args.tile, data_dir=args.data_dir,
                                              progress=not args.quiet), str(folder))
-            task, spec = card.task, tile_spec(card)
-            reference = reference_fn(card, args.model)
             fwd = card.delegation.methods["forward"]
             row: dict[str, Any] = {"recipe": recipe, "artifact": folder.name, "bytes": card.artifact.bytes,
                                    "delegation": {"delegated_ops": fwd.delegated_ops, "total_ops": fwd.total_ops},
                                    "sets": {}}
-            with RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1) as proc:
-                for ds in args.datasets:
-                    print(f"[demo] validate {recipe} on {ds}", file=sys.stderr)
-                    _, inputs = task_images(task, ds, None, args.data_dir)
-                    rep = validate_images(inputs, task, spec, proc.run, reference, allow_small=True,
-                                          progress=not args.quiet)
-                    row["sets"][ds] = rep["summary"]
-                    record_validation(folder, validation_record(ds, rep["summary"], Tolerances(), True, card.runner))
+            print(f"[demo] validate {recipe} on {', '.join(args.datasets)}", file=sys.stderr)
+            sets = {ds: task_images(card.task, ds, None, args.data_dir)[1] for ds in args.datasets}
+            reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card, args.model),
+                                        allow_small=True, progress=not args.quiet)
+            for ds, rep in reports.items():
+                row["sets"][ds] = rep["summary"]
+                record_validation(folder, validation_record(ds, rep["summary"], Tolerances(), True, card.runner))
             print(f"[demo] profile {recipe}", file=sys.stderr)
             row["profile"] = profile_artifact(str(folder), card, threads=1, runs=args.runs, warmup=5)
             record_profile(folder, profile_record(row["profile"]))

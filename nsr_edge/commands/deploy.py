@@ -118,22 +118,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..runtime import validate as V
-    from ..runtime.card import artifact_path, load_card, record_validation, tile_spec
+    from ..runtime.card import load_card, record_validation, tile_spec
     from ..runtime.evaluation import task_images
-    from ..runtime.runners.child import RunnerProcess
 
     if args.reference and args.no_reference:
         raise UserError("--reference and --no-reference contradict each other: pass one")
     if args.max_drop_db is not None and args.no_reference:
         raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
     card = load_card(args.artifact)
-    path = artifact_path(args.artifact, card)
-    task, spec = card.task, tile_spec(card)
-    label, inputs = task_images(task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
-    with RunnerProcess(card.runner, str(path), "forward", args.threads) as proc:  # a broken artifact fails first
-        reference = None if args.no_reference else reference_fn(card, args.reference)
-        report = V.validate_images(inputs, task, spec, proc.run, reference, batch_size=proc.input_shape[0],
-                                   allow_small=args.allow_small, progress=not args.quiet)
+    spec = tile_spec(card)
+    label, inputs = task_images(card.task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
+    make_reference = None if args.no_reference else (lambda: reference_fn(card, args.reference))
+    report = V.validate_artifact(args.artifact, card, {label: inputs}, make_reference, args.threads,
+                                 args.allow_small, not args.quiet)[label]
     report["dataset"] = label
     report["artifact"] = {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                           "tile": spec.tile}

@@ -3,7 +3,6 @@ JSON Schema derived from the same dataclasses, the field reference in docs/model
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
