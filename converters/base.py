@@ -360,6 +360,23 @@ def target_names() -> list[str]:
     return list(TARGET_MODULES)
 
 
+def describe_targets() -> list[dict[str, Any]]:
+    """Every registered target's capabilities (as data) and whether its stack is installed here, with the reason
+    when it is not: what `nsr-edge targets` prints."""
+    out = []
+    for name in TARGET_MODULES:
+        try:
+            target = get_target(name)
+        except UserError as e:
+            entry = {"name": name, "available": False, "reason": str(e)}
+            if name in _TARGETS:  # the module imported; only its runtime stack is missing
+                entry["capabilities"] = _TARGETS[name].capabilities.to_dict()
+            out.append(entry)
+            continue
+        out.append({"name": name, "available": True, "capabilities": target.capabilities.to_dict()})
+    return out
+
+
 def get_target(name: str) -> Target:
     """The target named ``name``, importing its module on first use; one-line `UserError` otherwise."""
     if name not in TARGET_MODULES:
@@ -426,5 +443,5 @@ def atomic_output_dir(out: str | os.PathLike, force: bool) -> Iterator[Path]:
 __all__ = [
     "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "Capabilities",
     "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
-    "TARGET_MODULES", "register_target", "target_names", "get_target", "check_output_dir", "atomic_output_dir",
+    "TARGET_MODULES", "register_target", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
 ]

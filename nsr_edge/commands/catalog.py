@@ -1,12 +1,11 @@
-"""`nsr-edge models` and `nsr-edge info`: what models exist and what they cost."""
+"""`nsr-edge models`, `nsr-edge info` and `nsr-edge targets`: what models exist, what they cost, and what each
+conversion target can do."""
 
 from __future__ import annotations
 
 import argparse
 
 from ._common import add_architecture_options, architecture_overrides, print_json
-
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list architectures, presets and zoo models")
@@ -19,6 +18,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     add_architecture_options(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("targets", help="conversion targets and what each can do (recipes, strategies, artifact)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_targets)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from ..converters.base import describe_targets
+
+    targets = describe_targets()
+    if args.json:
+        print_json(targets)
+        return 0
+    for t in targets:
+        caps = t.get("capabilities")
+        state = "" if t["available"] else f"  [not available: {t['reason']}]"
+        print(f"{t['name']}{state}")
+        if caps is None:
+            continue
+        print(f"  artifact {caps['artifact']} ({caps['artifact_kind']}), runner {caps['runner']}")
+        print(f"  recipes {', '.join(caps['recipes'])}"
+              + (f" (calibrated: {', '.join(caps['calibrated_recipes'])})" if caps["calibrated_recipes"] else ""))
+        print(f"  strategies {', '.join(caps['strategies'])}"
+              + "".join(f"; refuses {k}: {v}" for k, v in caps["refused_strategies"].items()))
+        extra = [w for w, on in (("extra tiles", caps["extra_tiles"]), ("multi-program", caps["multi_program"])) if on]
+        reqs = [r["why"] for r in caps["requirements"]]
+        if extra or reqs:
+            print("  " + "; ".join(extra + [f"needs: {r}" for r in reqs]))
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
