@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import UserError
 from ._common import print_json, tile_spec
@@ -122,10 +121,10 @@ def default_zoo_model(task: str) -> str:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Any size, gray/RGB/RGBA (alpha kept), 8/16-bit PNG, JPEG, BMP. The model sees gray or RGB as it was trained."""
     from .. import hub
-    from ..evaluate import model_restorer
     from ..hub import task_of
+    from ..restore import restore_image
     from ..runtime import images
-    from ..runtime.metrics import rgb_to_y8
+
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite")
@@ -137,38 +136,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         img = images.load_image(args.input, max_pixels=int(args.max_megapixels * 1e6))
     except images.ImageError as e:
         raise UserError(str(e)) from None
-    data = img.data
-    chroma, back_to_gray = None, False
-    if resolved.config.channels == 1 and data.shape[0] == 3:
-        # A gray model restores luma; chroma is carried over (upscaled for SR) unchanged.
-        y = rgb_to_y8(images.to_uint8(data)).astype(np.float32)[None] / 255.0
-        chroma, data = data, y
-    elif resolved.config.channels == 3 and data.shape[0] == 1:
-        data = np.repeat(data, 3, axis=0)
-        back_to_gray = True
-    scale = resolved.config.scale
-    restore = model_restorer(resolved.build(), scale, tile_spec(args.tile), batch_size=16)
-    result = restore(data)
-    if chroma is not None:
-        result = _merge_luma(result[0], chroma, scale)
-    if back_to_gray:  # a gray input stays gray (the RGB model saw R = G = B)
-        result = result.mean(0, keepdims=True)
+    result = restore_image(resolved, img.data, tile_spec(args.tile))
     try:
-        images.save_image(out, np.clip(result, 0, 1), like=img, force=args.force)
+        images.save_image(out, result, like=img, force=args.force)
     except images.ImageError as e:
         raise UserError(str(e)) from None
     print(f"{args.input} ({img.width}x{img.height} {img.mode}) -> {out} "
           f"({result.shape[2]}x{result.shape[1]}) with {resolved.id}")
     return 0
-
-
-def _merge_luma(y: np.ndarray, rgb: np.ndarray, scale: int) -> np.ndarray:
-    """Replace the BT.601 luma of ``rgb`` (CHW, [0, 1]) by the restored ``y`` (HW, [0, 1], 8-bit Y scale)."""
-    from ..runtime.imresize import imresize
-
-    if scale > 1:
-        rgb = np.stack([imresize(c.astype(np.float64), scale) for c in rgb]).astype(np.float32)
-    r, g, b = rgb
-    y_old = (16 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
-    delta = (y - y_old) * 255.0 / (65.481 + 128.553 + 24.966)
-    return np.clip(rgb + delta[None], 0, 1)
