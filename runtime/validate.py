@@ -173,19 +173,26 @@ def validation_record(dataset: str, summary: dict[str, Any], tol: Tolerances, pa
 
 
 def check(summary: dict[str, Any], tol: Tolerances) -> list[str]:
-    """Tolerance violations as one line each (empty: pass)."""
+    """Tolerance violations as one line each (empty: pass). A tolerance whose metric could not be computed fails:
+    a check that cannot be made never passes."""
     fails = []
-    if tol.max_drop_db is not None:
-        if summary.get("drop_db") is None:
-            fails.append("--max-drop-db needs the FP32 reference")
-        elif summary["drop_db"] > tol.max_drop_db:
-            fails.append(f"PSNR drop {summary['drop_db']:.4f} dB > {tol.max_drop_db} dB")
+    for value, metric, flag in ((tol.max_drop_db, "drop_db", "--max-drop-db"),
+                                (tol.min_psnr_vs_reference, "psnr_vs_reference", "--min-psnr-vs-reference"),
+                                (tol.max_abs_vs_reference, "max_abs_vs_reference", "--max-abs")):
+        if value is not None and not math.isfinite(value):
+            fails.append(f"{flag} {value} is not a number a metric can be compared with")
+        elif value is not None and summary.get(metric) is None and not (
+                metric == "psnr_vs_reference" and summary.get("psnr_vs_reference_identical_images")):
+            fails.append(f"{flag} needs {metric}, which this run could not compute (no FP32 reference?)")
+    if fails:
+        return fails
+    if tol.max_drop_db is not None and summary["drop_db"] > tol.max_drop_db:
+        fails.append(f"PSNR drop {summary['drop_db']:.4f} dB > {tol.max_drop_db} dB")
     if tol.min_psnr_vs_reference is not None and summary.get("psnr_vs_reference") is not None:
         if summary["psnr_vs_reference"] < tol.min_psnr_vs_reference:
             fails.append(f"PSNR vs FP32 reference {summary['psnr_vs_reference']:.2f} dB < {tol.min_psnr_vs_reference} dB")
-    if tol.max_abs_vs_reference is not None and summary.get("max_abs_vs_reference") is not None:
-        if summary["max_abs_vs_reference"] > tol.max_abs_vs_reference:
-            fails.append(f"max |artifact - FP32| {summary['max_abs_vs_reference']:.3g} > {tol.max_abs_vs_reference:g}")
+    if tol.max_abs_vs_reference is not None and summary["max_abs_vs_reference"] > tol.max_abs_vs_reference:
+        fails.append(f"max |artifact - FP32| {summary['max_abs_vs_reference']:.3g} > {tol.max_abs_vs_reference:g}")
     return fails
 
 

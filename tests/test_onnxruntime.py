@@ -107,3 +107,32 @@ def test_bad_input_is_one_line(arts, tmp_path):
     card["artifact"].update(sha256=hashlib.sha256(garbage).hexdigest(), bytes=len(garbage))
     (broken / "model.json").write_text(json.dumps(card))
     assert "not a loadable ONNX model" in one_line_error(run_cli("validate", broken, "--dataset", "set5"))
+
+
+def test_validate_fails_an_artifact_whose_output_is_nan(arts, tmp_path):
+    """A loadable artifact that computes NaN (one weight poisoned, the card's digest made to match) must fail
+    validation in one line naming the image, with --json too: a check that skips non-finite values would pass it."""
+    import onnx
+    from onnx import numpy_helper
+
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    proto = onnx.load(str(arts["output-mix"] / "model.onnx"))
+    init = next(i for i in proto.graph.initializer if numpy_helper.to_array(i).size > 16)
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    data = proto.SerializeToString()
+    (bad / "model.onnx").write_bytes(data)
+    card = json.loads((arts["output-mix"] / "model.json").read_text())
+    card["artifact"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (bad / "model.json").write_text(json.dumps(card))
+    for extra in ((), ("--json",), ("--no-reference",)):
+        r = run_cli("validate", bad, "--dataset", "set5", "--limit", "1", "--quiet", "--max-abs", "0.01",
+                    "--reference", arts["ckpt"], *extra) if "--no-reference" not in extra else run_cli(
+            "validate", bad, "--dataset", "set5", "--limit", "1", "--quiet", *extra)
+        line = one_line_error(r)
+        assert "image img_001_SRF_2" in line and "non-finite" in line, line  # Set5's first image (baby)
+    with pytest.raises(SystemExit) as e:  # a NaN tolerance is refused while parsing (argparse's usage error)
+        run_cli("validate", bad, "--max-abs", "nan")
+    assert e.value.code == 2

@@ -39,3 +39,16 @@ def tile_spec(tile: int | None, pad: int = 4):
         return deploy_spec(tile, pad)
     except ValueError as e:
         raise UserError(f"--tile {tile}: {e}") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is a number (``nan`` and ``inf`` make every comparison meaningless)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value

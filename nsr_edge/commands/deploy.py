@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..reference import reference_fn
-from ._common import print_json
+from ._common import finite_float, print_json
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fp32-parts", help="comma list of parts kept in float: routing, first, last, skip, output, "
                    "residual ('' for none; default: all of them, see docs/deploy.md)")
     g = p.add_argument_group("--strategy auto")
-    g.add_argument("--auto-max-drop-db", type=float, default=0.05,
+    g.add_argument("--auto-max-drop-db", type=finite_float, default=0.05,
                    help="accuracy tolerance: Y-PSNR drop vs the FP32 model on the check set (default 0.05)")
     g.add_argument("--auto-dataset", default=None, help="check set (default: the task's first evaluation set)")
     p.add_argument("--json", action="store_true", help="print the model card")
@@ -54,9 +54,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "or the card's checkpoint file name in the current folder); its SHA-256 must match the card")
     p.add_argument("--no-reference", action="store_true", help="skip the FP32 PyTorch reference (task metrics only)")
     p.add_argument("--allow-small", action="store_true", help="pad images smaller than the tile instead of refusing")
-    p.add_argument("--max-drop-db", type=float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
-    p.add_argument("--min-psnr-vs-reference", type=float, help="fail if PSNR vs the FP32 output is below this (dB)")
-    p.add_argument("--max-abs", type=float, help="fail if max |artifact - FP32| exceeds this ([0,1] units)")
+    p.add_argument("--max-drop-db", type=finite_float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
+    p.add_argument("--min-psnr-vs-reference", type=finite_float, help="fail if PSNR vs the FP32 output is below this (dB)")
+    p.add_argument("--max-abs", type=finite_float, help="fail if max |artifact - FP32| exceeds this ([0,1] units)")
     p.add_argument("--per-layer", action="store_true", help="per-op numeric gap (ETDump + ETRecord + Inspector)")
     p.add_argument("--record", action="store_true", help="store the summary in the model card")
     p.add_argument("--json", action="store_true")
