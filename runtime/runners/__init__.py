@@ -1,13 +1,15 @@
 """Artifact runners: each runs one target's artifact with that target's own runtime, from numpy arrays.
 
-A runner module defines ``open_session(artifact_path, method, threads, etdump=None) -> Session`` where a session has
-``input_shape`` (the method's fixed NCHW input), ``run(batch) -> batch`` (numpy float32 in and out, one call per tile
-when the method has batch 1), ``time_once(x) -> seconds``, ``close()``, and ``planned_memory_bytes()`` /
-``write_etdump()`` (defaults in `session.Session`, which every session subclasses). Runner modules
-import their runtime lazily inside functions, so this package imports without torch; the runtime itself always runs in
-a child process (`child.RunnerProcess`) so that a native abort becomes a one-line error.
+A runner module defines a `session.Session` subclass with its runtime's own calls (``_load``: open the artifact's
+method and read its fixed input/output shapes; ``_execute``: one call on one fixed-shape input) and exposes it as
+``open_session(artifact_path, method, threads, etdump=None, debug_buffer=None, debug_buffer_size=0)``. The base
+owns the rest: ``run(batch)`` (any number of tiles, split into the method's fixed batch), ``time_once(x)``,
+``close()`` / context manager, ``planned_memory_bytes()`` and the per-op trace (ETDump) refusal where the runtime has
+none. Runner modules import their runtime lazily inside ``_load``, so this package imports without torch; the runtime
+itself always runs in a child process (`child.RunnerProcess`) so that a native abort becomes a one-line error.
 
-Adding a target's runner: one module here and one line in `RUNNERS`.
+Adding a target's runner: one module here (a `Session` subclass, ``open_session = ThatSession``) and one line in
+`RUNNERS`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Run a Core ML artifact (``model.mlpackage.zip`` as `nsr-edge convert --target coreml` writes it, a bare
-``.mlpackage`` folder, or an ExecuTorch ``.pte`` with a Core ML delegate payload).
+"""Run a Core ML artifact: a ``model.mlpackage`` folder (what `nsr-edge convert --target coreml` writes), its zip
+(``model.mlpackage.zip``, the earlier artifact form; still read), or an ExecuTorch ``.pte`` with a Core ML delegate
+payload.
 
 Two backends, chosen by ``NSR_EDGE_COREML_BACKEND`` (``auto`` by default):
 - ``coreml`` (macOS only): real Core ML prediction, ``coremltools.models.MLModel(path, compute_units=...)``
@@ -16,9 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,17 +56,27 @@ def _method_tile(method: str) -> int | None:
     raise UserError(f"Core ML artifacts have methods 'forward' and 'forward_TxT', not {method!r}")
 
 
+# ExecuTorch's Core ML backend flattens the package folder into its payload; the payload ends with the folder's JSON
+# index stored byte-reversed (see `coreml_mil.unflatten_directory`), so its last bytes are these.
+_FLAT_END = b'{"nodes"'[::-1]
+
+
 class CoreMLSession(Session):
-    def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
-        self.path = Path(path)
+    kind = "Core ML"
+    _tmp: tempfile.TemporaryDirectory | None = None
+    _evaluator: Any = None
+    _model: Any = None
+
+    def _load(self, path: str, method: str) -> None:
         self.backend = backend_name()
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self.threads = int(threads)
+        if self.backend == "mil":
+            self.timing_refusal = ("Core ML latency can only be measured on macOS (this machine runs the MIL reference "
+                                   "evaluator, whose speed says nothing about the device)")
         tile = _method_tile(method)
         if self.backend == "mil":
             from ..coreml_mil import MilEvaluator, coreml_payloads, load_artifact
 
-            self.package = load_artifact(self.path)
+            self.package = load_artifact(self.path)  # a folder, its zip or a .pte (MilError, a UserError, otherwise)
             function = None
             if method in self.package.functions:  # ExecuTorch multi-method payload: one function per method
                 function, tile = method, None
@@ -90,7 +101,7 @@ class CoreMLSession(Session):
         self.input_shape = shape
         self.output_name = self._output_name()
         # Enumerated shapes leave the declared output dims open: one run on zeros gives the method's output shape.
-        self.output_shape = tuple(self._predict(np.zeros(shape, dtype=np.float32)).shape)
+        self.output_shape = tuple(self._execute(np.zeros(shape, dtype=np.float32)).shape)
 
     # -- macOS: real Core ML
     def _open_coreml(self) -> None:
@@ -116,12 +127,12 @@ class CoreMLSession(Session):
             found = sorted(Path(self._tmp.name).glob("*.mlpackage"))
             if found:
                 return found[0]
-        from ..coreml_mil import _FLAT_MARK, unflatten_directory
+        from ..coreml_mil import unflatten_directory
 
         data = self.path.read_bytes()
-        hit = data.find(_FLAT_MARK)
+        hit = data.find(_FLAT_END)
         if hit >= 0:  # an ExecuTorch .pte: run its (first) Core ML payload directly with Core ML
-            files = unflatten_directory(data, hit + len(_FLAT_MARK))
+            files = unflatten_directory(data, hit + len(_FLAT_END))
             self._tmp = tempfile.TemporaryDirectory(prefix="nsr-edge-coreml-")
             for name, blob in files.items():
                 target = Path(self._tmp.name) / name
@@ -137,34 +148,12 @@ class CoreMLSession(Session):
             return self.package.outputs_of(self._function)[0].name
         return self._model.get_spec().description.output[0].name
 
-    def _predict(self, x: np.ndarray) -> np.ndarray:
+    def _execute(self, x: np.ndarray) -> np.ndarray:
         if self.backend == "mil":
             return self._evaluator.run({self.input_name: x})[self.output_name]
         return np.asarray(self._model.predict({self.input_name: x})[self.output_name], dtype=np.float32)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        b = self.input_shape[0]
-        if tuple(batch.shape[1:]) != tuple(self.input_shape[1:]):
-            raise UserError(f"input tiles {batch.shape[1:]} do not match the package's {self.input_shape[1:]}")
-        outs = []
-        for i in range(0, len(batch), b):
-            chunk = batch[i : i + b]
-            n = len(chunk)
-            if n < b:  # pad the last batch to the package's fixed batch
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(self._predict(chunk)[:n])
-        return np.concatenate(outs)
-
-    def time_once(self, x: np.ndarray) -> float:
-        if self.backend == "mil":
-            raise UserError("Core ML latency can only be measured on macOS (this machine runs the MIL reference "
-                            "evaluator, whose speed says nothing about the device)")
-        start = time.perf_counter()
-        self._predict(np.asarray(x, dtype=np.float32))
-        return time.perf_counter() - start
-
-    def close(self) -> None:
+    def _release(self) -> None:
         self._evaluator = None
         self._model = None
         if self._tmp is not None:
@@ -172,8 +161,4 @@ class CoreMLSession(Session):
             self._tmp = None
 
 
-def open_session(path: str, method: str = "forward", threads: int = 1, etdump: str | None = None,
-                 debug_buffer: str | None = None, debug_buffer_size: int = 0) -> CoreMLSession:
-    if etdump:
-        raise UserError("ETDump is an ExecuTorch feature; Core ML artifacts have no per-op trace here")
-    return CoreMLSession(path, method, threads)
+open_session = CoreMLSession

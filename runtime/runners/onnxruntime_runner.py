@@ -7,7 +7,6 @@ runner, so a native abort in ORT becomes a one-line error.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,10 @@ def method_file(method: str) -> str:
 
 
 class OnnxRuntimeSession(Session):
-    def __init__(self, path: str, method: str = "forward", threads: int = 1) -> None:
+    kind = "ONNX Runtime"
+    session: Any = None
+
+    def _load(self, path: str, method: str) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -34,7 +36,7 @@ class OnnxRuntimeSession(Session):
         if not file.is_file():
             raise UserError(f"{file}: no such ONNX file (method {method!r})")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(0, int(threads or 0))  # 0: ORT's default (all cores)
+        options.intra_op_num_threads = max(0, self.threads)  # 0: ORT's default (all cores)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -48,33 +50,15 @@ class OnnxRuntimeSession(Session):
         shape = inputs[0].shape
         if not all(isinstance(s, int) for s in shape):
             raise UserError(f"{file}: input shape {shape} is not fixed; nsr-edge writes fixed-tile graphs")
-        self.threads = int(threads or 0)
         self._input = inputs[0].name
         self.input_shape = tuple(int(s) for s in shape)
         self.output_shape = tuple(int(s) if isinstance(s, int) else -1 for s in outputs[0].shape)
 
     def _execute(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self._input: x})[0]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if tuple(batch.shape[1:]) != self.input_shape[1:]:
-            raise UserError(f"input tiles {batch.shape[1:]} do not match the model's {self.input_shape[1:]}")
-        b = self.input_shape[0]
-        return np.concatenate([self._execute(batch[i : i + b]) for i in range(0, len(batch), b)])
-
-    def time_once(self, x: np.ndarray) -> float:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        start = time.perf_counter()
-        self._execute(x)
-        return time.perf_counter() - start
-
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None
 
 
-def open_session(path: str, method: str = "forward", threads: int = 1, etdump: str | None = None,
-                 debug_buffer: str | None = None, debug_buffer_size: int = 0) -> Any:
-    if etdump:
-        raise UserError("per-op tracing is ExecuTorch's (ETDump); for ONNX Runtime artifacts profile without --per-op")
-    return OnnxRuntimeSession(path, method, threads)
+open_session = OnnxRuntimeSession
