@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import RoutingConfig, SparseConv2d, WNConv2d, mix_and_convolve, weight_norm_fold
+from .layers import RoutingConfig, SparseConv2d, WNConv2d, weight_norm_fold
 from .models import ResidualBlock
 
 STRATEGIES = ("output-mix", "kernel-mix", "hard")
@@ -76,11 +76,6 @@ class RoutingHead(nn.Module):
 
     def tile_macs(self, h: int, w: int) -> float:
         return self.proj.in_channels * h * w + self.proj.weight.numel()
-
-
-def gates_to_bkd(gates: torch.Tensor, banks: int, cardinality: int) -> torch.Tensor:
-    """``(B, d*k)`` deploy gates -> the training form's ``(B, k, d)``."""
-    return gates.view(-1, cardinality, banks).transpose(1, 2)
 
 
 class KernelBanks(nn.Module):
@@ -157,11 +152,22 @@ class OutputMixingConv(DeploySparseConv):
 
 
 class KernelMixingConv(DeploySparseConv):
-    """Per-tile mixed kernel, then one grouped conv (dynamic weights)."""
+    """Per-tile mixed kernel, then one grouped conv (dynamic weights).
+
+    The mixing is a batched matmul over cardinal groups on 3-D views, not the training form's einsum: exported, the
+    einsum becomes 7-D permutes/unsqueezes that the XNNPACK partitioner accepts but XNNPACK cannot define (at most 6
+    dims), so the ``.pte`` failed to load ("Failed to load method forward, error 0x1", ExecuTorch ``Error::Internal``
+    from the XNNPACK backend's init: ``xnn_status_unsupported_parameter``).
+    """
 
     def apply_banks(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        gamma = gates_to_bkd(gates, self.num_banks, self.cardinality)
-        return mix_and_convolve(x, self.banks.conv.weight, self.banks.conv.bias, gamma, self.kernel_size // 2)
+        k, d = self.num_banks, self.cardinality
+        g = gates.view(-1, d, k).permute(1, 0, 2)  # (d, B, k)
+        w = self.banks.conv.weight
+        mixed = torch.bmm(g, w.view(k, d, -1).permute(1, 0, 2))  # (d, B, Cout/d * Cin*kh*kw)
+        bias = torch.bmm(g, self.banks.conv.bias.view(k, d, -1).permute(1, 0, 2))  # (d, B, Cout/d)
+        weight = mixed.permute(1, 0, 2).reshape(-1, *w.shape[1:])  # (B*Cout, Cin, kh, kw), row b*Cout + o
+        return _per_tile_conv(x, weight, bias.permute(1, 0, 2).reshape(-1), self.kernel_size // 2)
 
     def tile_macs(self, h: int, w: int) -> float:
         mixing = self.banks.conv.weight.numel() + self.banks.conv.bias.numel()
@@ -180,13 +186,18 @@ class HardRoutedConv(DeploySparseConv):
         groups = torch.arange(d)
         weight = w[choice, groups].reshape(-1, *w.shape[3:])  # (B*Cout, Cin, kh, kw)
         bias = b[choice, groups].reshape(-1)
-        batch = x.shape[0]
-        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, padding=self.kernel_size // 2, groups=batch)
-        return y.view(batch, cout, *y.shape[2:])
+        return _per_tile_conv(x, weight, bias, self.kernel_size // 2)
 
     def tile_macs(self, h: int, w: int) -> float:
         head = self.head.tile_macs(h, w) if self.head is not None else 0
         return self.one_bank_macs(h, w) + head
+
+
+def _per_tile_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each tile convolved with its own kernel ``(B*Cout, Cin, kh, kw)``: one conv, the batch folded into groups."""
+    batch = x.shape[0]
+    y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, padding=padding, groups=batch)
+    return y.view(batch, -1, *y.shape[2:])
 
 
 LOWERINGS: dict[str, type[DeploySparseConv]] = {

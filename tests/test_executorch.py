@@ -132,3 +132,28 @@ def test_strategy_auto_skips_candidates_that_fail_and_never_crashes(artifacts, t
                                   "--out", tmp_path / "none", "--quiet"))
     assert "no strategy produced a runnable artifact" in err and "kernel-mix: failed to convert: no" in err
     assert not (tmp_path / "none").exists()
+
+
+def test_kernel_mix_pte_loads_and_matches_eager(tmp_path):
+    """kernel-mix (issue 10, item 6): the mixed kernels are computed in the graph, so those convs run in portable
+    kernels, but the program loads and equals the eager model. It used to fail to load ("Failed to load method
+    forward, error 0x1": the einsum's 7-D permutes were delegated and XNNPACK defines at most 6-D tensors). Two
+    cardinal groups, so the per-group mixing is exercised too."""
+    cfg = TINY.with_(cardinality=2)
+    torch.manual_seed(1)
+    ckpt = tmp_path / "km.pt"
+    save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    out, _ = convert(ConvertOptions(str(ckpt), strategy="kernel-mix", tile=32, progress=False), str(tmp_path / "km"))
+    card = load_card(out)
+    fwd = card.delegation.methods["forward"]
+    assert card.strategy == "kernel-mix" and not fwd.fully_delegated
+    assert {f.op for f in fwd.fallbacks} == {"convolution"}, fwd.fallbacks  # only the computed-weight convs
+    from nsr_edge.checkpoint import load_checkpoint
+
+    model = load_checkpoint(ckpt).build().eval()  # the training form (einsum kernel mixing)
+    x = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    with RunnerProcess("executorch", str(Path(out) / "model.pte")) as p:
+        y = p.run(x)
+    assert np.abs(y - ref).max() < 1e-4
