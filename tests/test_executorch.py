@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import one_line_error, run_cli
 from nsr_edge.converters.pipeline import ConvertOptions, convert
-from nsr_edge.runtime.card import load_card
+from nsr_edge.runtime.card import load_card, read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 
@@ -37,7 +37,7 @@ def artifacts(tmp_path_factory):
 
 def test_cards_describe_fully_delegated_artifacts(artifacts):
     for recipe in ("fp32", "int8-ptq"):
-        card = load_card(artifacts[recipe])
+        card = read_card_json(artifacts[recipe])
         assert card["target"] == "executorch" and card["recipe"]["name"] == recipe and card["strategy"] == "output-mix"
         assert card["tile"]["tile"] == 32 and card["io"]["inputs"][0]["shape"] == [1, 3, 32, 32]
         assert card["io"]["outputs"][0]["shape"] == [1, 3, 64, 64]
@@ -45,8 +45,8 @@ def test_cards_describe_fully_delegated_artifacts(artifacts):
         assert fwd["fully_delegated"] and fwd["partitions"] == 1, fwd
         assert card["tools"]["executorch"] and len(card["model"]["source"]["sha256"]) == 64
         assert (artifacts[recipe] / "model.pte").is_file() and (artifacts[recipe] / "etrecord.bin").is_file()
-    assert [m["name"] for m in load_card(artifacts["fp32"])["methods"]] == ["forward", "forward_48x48"]
-    assert load_card(artifacts["int8-ptq"])["quantization"]["calibration"]["tiles"] == 8
+    assert [m["name"] for m in read_card_json(artifacts["fp32"])["methods"]] == ["forward", "forward_48x48"]
+    assert read_card_json(artifacts["int8-ptq"])["quantization"]["calibration"]["tiles"] == 8
 
 
 def test_fp32_artifact_matches_eager_and_int8_is_close(artifacts):
@@ -109,7 +109,7 @@ def test_strategy_auto_skips_candidates_that_fail_and_never_crashes(artifacts, t
         return out, load_card(out)
 
     def profile(folder, card, **kw):
-        if card["strategy"] == "hard":
+        if card.strategy == "hard":
             raise RunnerCrash("the runtime process died (signal SIGABRT) while running model.pte")
         return real_profile(folder, card, **kw)
 
@@ -120,7 +120,7 @@ def test_strategy_auto_skips_candidates_that_fail_and_never_crashes(artifacts, t
     r = run_cli("convert", "--model", artifacts["ckpt"], "--strategy", "auto", "--tile", "32", "--out",
                 tmp_path / "auto", "--auto-dataset", "set5", "--quiet", "--auto-max-drop-db", "0.05")
     assert r.returncode == 0, r.stderr[-800:]
-    card = load_card(tmp_path / "auto")
+    card = read_card_json(tmp_path / "auto")
     assert card["strategy"] == "output-mix"
     status = {c["strategy"]: c["status"] for c in card["auto"]["candidates"]}
     assert status["output-mix"] == "chosen"
