@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "train",
     "evaluate",  # eval, zoo, upscale, denoise, deblock
     "visualize",  # visualize-routing
-    "deploy",  # convert, validate, profile
+    "artifacts",  # convert, validate, profile
     "demo",
 )
 

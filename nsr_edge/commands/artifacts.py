@@ -1,4 +1,4 @@
-"""`nsr-edge convert`, `nsr-edge validate`, `nsr-edge profile`: the deploy pipeline, the same for every target."""
+"""`nsr-edge convert`, `nsr-edge validate`, `nsr-edge profile`: commands on artifacts, the same for every target."""
 
 from __future__ import annotations
 
