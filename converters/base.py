@@ -193,7 +193,7 @@ class LoweringResult:
 
 
 STRATEGIES = ("output-mix", "kernel-mix", "hard")
-"""The deploy form's lowering strategies (`nsr_edge.deploy_form.STRATEGIES`, repeated here so reading a target's
+"""The deploy form's lowering strategies (`nsr_edge.deploy.STRATEGIES`, repeated here so reading a target's
 capabilities needs no torch; a test keeps the two equal)."""
 
 ARTIFACT_KINDS = ("file", "directory")
