@@ -50,12 +50,7 @@ class ExecuTorchCoreMLTarget:
         from executorch.exir import to_edge_transform_and_lower
         from nsr_edge.runtime.coreml_mil import coreml_payloads
 
-        from nsr_edge.deploy import DeploySparseConv, OutputMixingConv
-
-        recipe = context.recipe
-        for m in model.modules():
-            if isinstance(m, DeploySparseConv) and not isinstance(m, OutputMixingConv):
-                raise UserError("the executorch-coreml target needs --strategy output-mix (static kernel banks)")
+        recipe = context.recipe  # strategy and recipe were checked against capabilities before any work
         quantizer_config = None
         if recipe.name == "w8":
             quantizer_config = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel",
