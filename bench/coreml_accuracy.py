@@ -1,9 +1,11 @@
 """Core ML numerics of issue 5, measured on Linux with the MIL reference evaluator.
 
-For one trained SR model: convert to FP32 / FP16 / W8 / W8A8 ``.mlpackage``s (W8A8 calibrated on training tiles through
-the MIL evaluator), run every package with the evaluator through the deploy tiling on Set5 / Set14 / B100, and report
-Y-PSNR per set next to eager FP32 PyTorch, plus the FP32 package's max |error| vs eager and the FP16 package's PSNR
-against the FP32 package output (on the [0, 1] float outputs, before 8-bit rounding).
+For one trained SR model: convert to FP32 / FP16 / W8 / W8A8 ``model.mlpackage``s through the shared pipeline
+(`nsr_edge.converters.pipeline.Conversion`, exactly what `nsr-edge convert --target coreml` runs; W8A8 calibrated
+on the pipeline's training tiles through the MIL evaluator), run every package with the evaluator through the deploy
+tiling on Set5 / Set14 / B100, and report Y-PSNR per set next to eager FP32 PyTorch, plus the FP32 package's max
+|error| vs eager and the FP16 package's PSNR against the FP32 package output (on the [0, 1] float outputs, before
+8-bit rounding). W8 / W8A8 compute in fp16, as the target converts them.
 
     .venv/bin/python bench/coreml_accuracy.py --model zoo/nsr_sr_x2 [--sets set5 set14 bsd100] [--tile 64] --out DIR
 """
@@ -18,11 +20,31 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 warnings.filterwarnings("ignore")
+
+
+def convert_package(model: str, recipe: str, tile: int, out: Path, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """``nsr-edge convert --target coreml`` into ``out`` (replaced); the package's MIL evaluator (torch backend)
+    and the model card."""
+    from nsr_edge.converters.pipeline import ConvertOptions, convert
+    from nsr_edge.runtime.coreml_mil import MilEvaluator, load_artifact
+
+    path, _ = convert(ConvertOptions(model, target="coreml", recipe=recipe, tile=tile, progress=False, **options),
+                      str(out), force=True)
+    card = json.loads((path / "model.json").read_text())
+    return MilEvaluator(load_artifact(path / card["artifact"]["file"]), backend="torch"), card
+
+
+def mil_tiles(ev: Any):
+    """A tiled-inference function (N, C, T, T) -> outputs running the package one tile at a time."""
+    def fn(tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([ev.run({"input": t[None]})["output"] for t in tiles])
+    return fn
 
 
 def main() -> int:
@@ -31,7 +53,6 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", default=["set5", "set14", "bsd100"])
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--recipes", nargs="+", default=["fp32", "fp16", "w8", "w8a8"])
-    ap.add_argument("--precision", default="fp16", help="compute precision under w8 / w8a8")
     ap.add_argument("--calibration-tiles", type=int, default=64)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
@@ -40,51 +61,37 @@ def main() -> int:
 
     import coremltools
     import executorch
-    from nsr_edge.converters.coreml import CoreMLOptions, convert_coreml, save_mlpackage
     from nsr_edge.runtime import datasets, tiling
-    from nsr_edge.runtime.coreml_mil import MilEvaluator, load_mlpackage
     from nsr_edge.runtime.evaluation import _match_channels
     from nsr_edge.runtime.images import to_uint8
     from nsr_edge.runtime.metrics import gray_to_rgb, psnr_y
-    from nsr_edge.runtime.tasks import TaskSpec
 
     from nsr_edge import hub
-    from nsr_edge.converters.base import get_recipe
-    from nsr_edge.quant import calibration_tiles
 
     resolved = hub.resolve(args.model, require_trained=True)
     model = resolved.build().eval()
     scale = resolved.config.scale
-    task = TaskSpec("sr", scale)
     spec = tiling.deploy_spec(args.tile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    calib = calibration_tiles(task, args.tile, args.calibration_tiles, progress=False)
-    packages = {}
-    report_parts: dict[str, list[str]] = {}
+    packages, cards = {}, {}
     for recipe in args.recipes:
-        opts = CoreMLOptions(precision=args.precision, tile=args.tile)
-        parts = get_recipe(recipe).fp32_parts if recipe in ("w8", "w8a8") else ()
-        res = convert_coreml(model, recipe, opts, calibration_tiles=list(calib), fp32_parts=parts)
-        report_parts[recipe] = list(parts)
-        path = save_mlpackage(res.mlmodel, out / f"{recipe}.mlpackage", force=True)
-        packages[recipe] = MilEvaluator(load_mlpackage(path), backend="torch")
+        packages[recipe], cards[recipe] = convert_package(args.model, recipe, args.tile, out / recipe,
+                                                          calibration_tiles=args.calibration_tiles)
         print(f"converted {recipe} ({time.time() - t0:.0f} s)", file=sys.stderr)
 
     def eager(tiles: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
 
-    def mil(ev: MilEvaluator):
-        def fn(tiles: np.ndarray) -> np.ndarray:
-            return np.concatenate([ev.run({"input": t[None]})["output"] for t in tiles])
-        return fn
-
     report: dict = {
-        "model": args.model, "tile": args.tile, "precision_under_int8": args.precision,
-        "calibration_tiles": len(calib), "fp32_parts": report_parts,
+        "model": args.model, "tile": args.tile, "precision_under_int8": "fp16",
+        "calibration": {r: c["target_extra"]["coreml"].get("calibration") for r, c in cards.items()
+                        if "calibration" in c["target_extra"]["coreml"]},
+        "fp32_parts": {r: c["target_extra"]["coreml"]["fp32_parts"] for r, c in cards.items()},
+        "artifact_sha256": {r: c["artifact"]["sha256"] for r, c in cards.items()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "coremltools": coremltools.__version__, "executorch": getattr(executorch, "__version__", "1.5.1"),
                      "numpy": np.__version__},
@@ -98,7 +105,7 @@ def main() -> int:
             x, gt = datasets.make_input(pair, "sr", scale)
             x = _match_channels(x, resolved.config.channels)
             ref = tiling.run_tiled(x, eager, spec, scale, batch_size=16)
-            outs = {r: tiling.run_tiled(x, mil(ev), spec, scale, batch_size=16) for r, ev in packages.items()}
+            outs = {r: tiling.run_tiled(x, mil_tiles(ev), spec, scale, batch_size=16) for r, ev in packages.items()}
             g = gray_to_rgb(gt)
             rows["eager"].append(psnr_y(to_uint8(ref), g, shave=scale))
             for r, o in outs.items():
