@@ -400,8 +400,10 @@ def get_target(name: str) -> Target:
 
 def method_name(index: int, example: "torch.Tensor") -> str:
     """The artifact method for the ``index``-th example input: ``forward`` (the card's tile), then
-    ``forward_<h>x<w>`` for each ``--extra-tiles`` size. Every target and runner names methods this way."""
-    return "forward" if index == 0 else f"forward_{example.shape[-2]}x{example.shape[-1]}"
+    ``forward_<h>x<w>`` for each ``--extra-tiles`` size (`runtime.card.method_name`: the rule runners read too)."""
+    from nsr_edge.runtime.card import method_name as rule
+
+    return rule(index, int(example.shape[-2]), int(example.shape[-1]))
 
 
 def check_output_dir(out: str | os.PathLike, force: bool) -> Path:

@@ -477,6 +477,32 @@ def tile_spec(card: ModelCard):
         raise CardError(f"model card tile contract is invalid: {e}") from None
 
 
+# ------------------------------------------------------------------- the one method-naming rule (writers, runners)
+
+
+def method_name(index: int, height: int, width: int) -> str:
+    """The artifact method for the ``index``-th tile size of a conversion: ``forward`` (the card's tile), then
+    ``forward_<h>x<w>`` for each ``--extra-tiles`` size. Every target and runner names methods this way."""
+    return "forward" if index == 0 else f"forward_{height}x{width}"
+
+
+def method_tile(name: str) -> tuple[int, int] | None:
+    """The (h, w) an extra-tile method is named for, None for ``forward`` (the card's tile); CardError otherwise."""
+    if name == "forward":
+        return None
+    h, _, w = name.removeprefix("forward_").partition("x")
+    if name.startswith("forward_") and h.isdigit() and w.isdigit():
+        return int(h), int(w)
+    raise CardError(f"{name!r} is not an nsr-edge method name (forward, or forward_<h>x<w>)")
+
+
+def method_file(stem: str, suffix: str, method: str) -> str:
+    """For targets with one file per method (ONNX, LiteRT): ``model.onnx`` holds ``forward``,
+    ``model_forward_48x48.onnx`` holds ``forward_48x48``."""
+    method_tile(method)  # refuse names outside the rule
+    return f"{stem}{suffix}" if method == "forward" else f"{stem}_{method}{suffix}"
+
+
 def method_for_tile(card: ModelCard, tile: int | None = None) -> MethodSpec:
     """The method whose input tile is ``tile`` (default: the card's tile, i.e. ``forward``)."""
     if tile is None:
@@ -582,4 +608,4 @@ __all__ = ["CARD_FILE", "SCHEMA", "VERSION", "MAJOR", "SCHEMA_FILE", "CardError"
            "ArtifactInfo", "TensorSpec", "IOSpec", "MethodSpec", "FallbackInfo", "MethodDelegation", "Delegation",
            "DispatchStage", "Dispatch", "ValidationRecord", "ProfileRecord", "ModelCard", "parse_card",
            "read_card_json", "load_card", "write_card", "now_utc", "record_validation", "record_profile",
-           "artifact_path", "tile_spec", "method_for_tile", "json_schema", "field_reference", "file_sha256"]
+           "artifact_path", "tile_spec", "method_name", "method_tile", "method_file", "method_for_tile", "json_schema", "field_reference", "file_sha256"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..card import CardError, method_tile
 from ..errors import UserError
 from .session import Session
 
@@ -47,13 +48,14 @@ def _has_coremltools() -> bool:
 
 
 def _method_tile(method: str) -> int | None:
-    if method == "forward":
-        return None
-    if method.startswith("forward_") and "x" in method:
-        h, _, w = method[len("forward_"):].partition("x")
-        if h.isdigit() and h == w:
-            return int(h)
-    raise UserError(f"Core ML artifacts have methods 'forward' and 'forward_TxT', not {method!r}")
+    """The square tile a method serves (one Core ML function takes every tile as an enumerated shape)."""
+    try:
+        tile = method_tile(method)
+    except CardError:
+        tile = (0, 1)
+    if tile is not None and tile[0] != tile[1]:
+        raise UserError(f"Core ML artifacts have methods 'forward' and 'forward_TxT', not {method!r}")
+    return None if tile is None else tile[0]
 
 
 # ExecuTorch's Core ML backend flattens the package folder into its payload; the payload ends with the folder's JSON

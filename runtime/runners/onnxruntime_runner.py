@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from ..card import method_file as card_method_file
 from ..errors import UserError
 from .session import Session
 
 
 def method_file(method: str) -> str:
-    """The file holding ``method`` (the converter writes the same names)."""
-    return "model.onnx" if method == "forward" else f"model_{method}.onnx"
+    """The file holding ``method`` (the converter writes the same names: `card.method_file`)."""
+    return card_method_file("model", ".onnx", method)
 
 
 class OnnxRuntimeSession(Session):

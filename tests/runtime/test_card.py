@@ -162,3 +162,13 @@ def test_a_directory_artifact_is_verified_against_the_card(tmp_path):
     (tmp_path / "model.mlpackage" / "Data" / "y").write_bytes(b"")
     with pytest.raises(C.CardError, match="does not match its model card"):
         C.artifact_path(tmp_path, card)
+
+
+def test_one_method_naming_rule_for_writers_and_runners():
+    assert C.method_name(0, 64, 64) == "forward" and C.method_name(1, 48, 32) == "forward_48x32"
+    assert C.method_tile("forward") is None and C.method_tile("forward_48x32") == (48, 32)
+    assert C.method_file("model", ".onnx", "forward") == "model.onnx"
+    assert C.method_file("model", ".tflite", "forward_48x48") == "model_forward_48x48.tflite"
+    for bad in ("main", "forward_", "forward_48", "forward_axb", "../forward"):
+        with pytest.raises(C.CardError, match="not an nsr-edge method name"):
+            C.method_tile(bad)
