@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from nsr_edge import hub, quant  # noqa: E402
 from nsr_edge.converters.base import FP32_PARTS  # noqa: E402
 from nsr_edge.deploy import to_deploy  # noqa: E402
-from nsr_edge.evaluate import EvalTarget, evaluate_sets  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets, torch_tile_fn  # noqa: E402
 from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.runtime.evaluation import tiled  # noqa: E402
 from nsr_edge.runtime.tiling import deploy_spec  # noqa: E402
@@ -112,11 +112,7 @@ def main() -> int:
             names.append(n)
 
     def score(m, batch=32):
-        @torch.no_grad()
-        def run(tiles):  # an exported (quantized) module has no .eval() and a fixed batch of 1
-            return m(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
-
-        res = evaluate_sets(EvalTarget("m", tiled(run, spec, task.scale, batch)), task, args.sets, [], None)
+        res = evaluate_sets(EvalTarget("m", tiled(torch_tile_fn(m), spec, task.scale, batch)), task, args.sets, [], None)
         return {r.dataset: r.mean("psnr_y") for r in res}
 
     t0 = time.time()

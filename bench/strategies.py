@@ -44,7 +44,7 @@ from nsr_edge import hub  # noqa: E402
 from nsr_edge.converters.base import TARGET_MODULES  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert, tool_versions  # noqa: E402
 from nsr_edge.deploy import to_deploy  # noqa: E402
-from nsr_edge.evaluate import EvalTarget, evaluate_sets  # noqa: E402
+from nsr_edge.evaluate import EvalTarget, evaluate_sets, torch_tile_fn  # noqa: E402
 from nsr_edge.hub import task_of  # noqa: E402
 from nsr_edge.models import count_parameters  # noqa: E402
 from nsr_edge.runtime.card import ModelCard, artifact_path, load_card, method_for_tile  # noqa: E402
@@ -227,12 +227,7 @@ def measure_psnr(rows: list[Row], tile: int, sets: list[str], limit: int | None)
             resolved, m = _load(model)
             if strategy != "eager":
                 m = to_deploy(m, "output-mix" if strategy == "dense" else strategy)
-
-            @torch.no_grad()
-            def fn(t):
-                return m(torch.from_numpy(np.ascontiguousarray(t))).numpy()
-
-            cache[key] = run_sets(fn, task_of(resolved), 16)
+            cache[key] = run_sets(torch_tile_fn(m), task_of(resolved), 16)
         return cache[key]
 
     def _psnr_row(r: Row) -> None:

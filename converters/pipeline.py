@@ -111,17 +111,19 @@ class Conversion:
         if not r.quantized:
             return self
         caps = self.target.capabilities
+        calib = None
         if caps.needs_calibration(r.name):
             self.tiles = quant.calibration_tiles(self.task, o.tile, r.calibration_tiles, r.calibration_seed,
                                                  o.calibration_dataset, o.data_dir, o.progress)
+            calib = {"dataset": o.calibration_dataset or self.task.train_set, "tiles": int(len(self.tiles)),
+                     "seed": r.calibration_seed, "tile": o.tile}
+            self.quant_info = {"calibration": calib}  # also when the target calibrates inside lower()
         quantizer = self.target.pt2e_quantizer(r, self.deploy)
         if quantizer is None:  # the target quantizes inside lower() (e.g. weight-only in its own converter)
             return self
-        if self.tiles is None:
+        if calib is None:
             raise RuntimeError(f"target {self.target.name} quantizes {r.name} with PT2E but does not declare it in "
                                "capabilities.calibrated_recipes")
-        calib = {"dataset": o.calibration_dataset or self.task.train_set, "tiles": int(len(self.tiles)),
-                 "seed": r.calibration_seed, "tile": o.tile}
         if r.method == "ptq":
             self.module = quant.quantize_ptq(self.deploy, quantizer, self.tiles, o.progress)
             self.quant_info = {"calibration": calib}

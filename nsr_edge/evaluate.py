@@ -40,7 +40,11 @@ def resolve_task(base: TaskSpec | None, name: str | None, scale: int | None, noi
 
 
 def torch_tile_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    model.eval()
+    """A PyTorch module as a tiles -> tiles function on numpy NCHW float32 batches (eval mode, no grad)."""
+    try:
+        model.eval()
+    except NotImplementedError:  # an exported (e.g. PT2E-quantized) module has no train/eval switch
+        pass
 
     @torch.no_grad()
     def run(tiles: np.ndarray) -> np.ndarray:

@@ -222,9 +222,10 @@ class ModelCard:
                                    readers="runtime, apps")
     delegation: Delegation = _f("what ran where")
     tools: dict[str, str] = _f("versions of Python, the platform and every package that took part")
-    quantization: dict[str, Any] | None = _f("calibration (data set, tiles, seed, tile) and QAT summary; null "
-                                             "for float recipes or when the target calibrates itself "
-                                             "(see ``target_extra``)", None)
+    quantization: dict[str, Any] | None = _f("calibration (data set, tiles, seed, tile) of calibrated recipes, "
+                                             "whoever quantizes (the pipeline's PT2E or the target's own converter, "
+                                             "which may add details under ``target_extra``), and the QAT summary; "
+                                             "null for recipes without calibration", None)
     target_extra: dict[str, Any] = _f("target-specific sections: ``dispatch`` (`Dispatch`), ``coreml``, ``onnx``",
                                       factory=dict, readers="dispatch runner, apps")
     validation: list[ValidationRecord] = _f("validation runs, newest last (one per data set and runner)",

@@ -100,6 +100,7 @@ def test_coreml_w8a8_scale1_gray_uses_the_pipeline_tiles(gray_checkpoint, tmp_pa
         tiles = quant.calibration_tiles(task, 32, 4, 0, dataset, progress=False)
         assert (calib["tiles"], calib["tile"], calib["seed"]) == (4, 32, 0)
         assert calib["tiles_sha256"] == hashlib.sha256(tiles.tobytes()).hexdigest()  # exactly those tiles
+        assert cards[name]["quantization"]["calibration"]["dataset"] == (dataset or task.train_set)
     assert cards["default"]["artifact"]["sha256"] != cards["set12"]["artifact"]["sha256"]
 
 
