@@ -17,7 +17,7 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 from nsr_edge.runtime.card import (SCHEMA, VERSION, ArtifactInfo, IOSpec, MethodSpec, ModelCard, ModelInfo, Source,
-                                   TensorSpec, load_card, now_utc, write_card)
+                                   TensorSpec, load_card, now_utc, portable, write_card)
 from nsr_edge.runtime.files import artifact_digest
 
 from .base import (LoweringContext, LoweringResult, ModelFacts, Recipe, Target, atomic_output_dir, check_output_dir,
@@ -170,7 +170,7 @@ class Conversion:
             model=ModelInfo(
                 id=self.resolved.id, arch=cfg.arch, task=self.task.to_dict(), scale=cfg.scale, channels=cfg.channels,
                 config=cfg.to_dict(), params=count_parameters(self.deploy), source=Source(**self.source),
-                provenance=dict(self.resolved.checkpoint.provenance) if self.resolved.checkpoint else {},
+                provenance=portable(dict(self.resolved.checkpoint.provenance)) if self.resolved.checkpoint else {},
             ),
             target=self.target.name, runner=caps.runner,
             artifact=ArtifactInfo(file=caps.artifact, kind=caps.artifact_kind, **artifact_digest(art, caps.artifact)),

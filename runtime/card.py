@@ -419,11 +419,42 @@ def load_card(artifact_dir: str | os.PathLike) -> ModelCard:
 
 
 def write_card(artifact_dir: str | os.PathLike, card: ModelCard | dict[str, Any]) -> None:
-    """Write ``DIR/model.json`` atomically, after checking it against the schema (a writer bug fails here, not in
-    an app). Every card goes through this function."""
+    """Write ``DIR/model.json`` atomically, after checking it against the schema and that it names no absolute path
+    of this machine (a writer bug fails here, not in an app). Every card goes through this function."""
     data = card.to_dict() if isinstance(card, ModelCard) else card
     parse_card(data, "card being written")
+    where = next(_absolute_paths(data, ""), None)
+    if where is not None:
+        raise CardError(f"card being written holds an absolute path at {where}: cards ship inside apps "
+                        "(record a file name; see portable())")
     atomic_write_json(Path(artifact_dir) / CARD_FILE, data)
+
+
+def portable(value: Any) -> Any:
+    """``value`` (JSON-like) with every absolute path replaced by its file name: what a card may say of a file on
+    the converting machine (e.g. a checkpoint's training provenance: ``init_from``, ``distill_from``)."""
+    if isinstance(value, str):
+        return value.replace("\\", "/").rsplit("/", 1)[-1] if _is_absolute(value) else value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
+
+
+def _is_absolute(text: str) -> bool:
+    return os.path.isabs(text) or (len(text) > 2 and text[1] == ":" and text[2] in "\\/")  # POSIX or C:\
+
+
+def _absolute_paths(value: Any, path: str):
+    if isinstance(value, str) and _is_absolute(value):
+        yield path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _absolute_paths(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _absolute_paths(v, f"{path}[{i}]")
 
 
 def now_utc() -> str:
@@ -608,5 +639,5 @@ if __name__ == "__main__":
 __all__ = ["CARD_FILE", "SCHEMA", "VERSION", "MAJOR", "SCHEMA_FILE", "CardError", "Source", "ModelInfo",
            "ArtifactInfo", "TensorSpec", "IOSpec", "MethodSpec", "FallbackInfo", "MethodDelegation", "Delegation",
            "DispatchStage", "Dispatch", "ValidationRecord", "ProfileRecord", "ModelCard", "parse_card",
-           "read_card_json", "load_card", "write_card", "now_utc", "record_validation", "record_profile",
+           "read_card_json", "load_card", "write_card", "portable", "now_utc", "record_validation", "record_profile",
            "artifact_path", "tile_spec", "method_name", "method_tile", "method_file", "method_for_tile", "json_schema", "field_reference", "file_sha256"]

@@ -166,9 +166,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def validation_record(dataset: str, summary: dict[str, Any], tol: Tolerances, passed: bool, runner: str):
     """The card's record of a validation run (`card.ValidationRecord`: one shape for every writer)."""
-    from .card import ValidationRecord, now_utc
+    from .card import ValidationRecord, now_utc, portable
 
-    return ValidationRecord(dataset=dataset, images=int(summary["images"]), summary=dict(summary), passed=passed,
+    return ValidationRecord(dataset=portable(dataset), images=int(summary["images"]), summary=dict(summary), passed=passed,
                             runner=runner, recorded=now_utc(), tolerances=dict(vars(tol)))
 
 

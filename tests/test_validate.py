@@ -116,3 +116,18 @@ def test_card_checks(artifacts, tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(CardError, match="JSON"):
         load_card(tmp_path)
+
+
+def test_record_from_a_folder_of_images_keeps_the_card_portable(artifacts, tmp_path):
+    """--dataset-dir with an absolute path: the record names the folder, not this machine's path."""
+    from PIL import Image
+
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)).save(folder / "a.png")
+    r = run_cli("validate", artifacts["int8-ptq"], "--dataset-dir", folder.resolve(), "--quiet", "--record",
+                "--reference", artifacts["ckpt"])
+    assert r.returncode == 0, r.stderr
+    records = read_card_json(artifacts["int8-ptq"])["validation"]
+    assert records[-1]["dataset"] == "my photos" and records[-1]["images"] == 1

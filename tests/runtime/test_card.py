@@ -172,3 +172,15 @@ def test_one_method_naming_rule_for_writers_and_runners():
     for bad in ("main", "forward_", "forward_48", "forward_axb", "../forward"):
         with pytest.raises(C.CardError, match="not an nsr-edge method name"):
             C.method_tile(bad)
+
+
+def test_cards_name_no_absolute_path(tmp_path):
+    prov = {"init_from": "/home/me/runs/x2/model.pt", "dataset": "sr291", "nested": [{"d": "C:\\data\\t.pt"}]}
+    assert C.portable(prov) == {"init_from": "model.pt", "dataset": "sr291", "nested": [{"d": "t.pt"}]}
+    data = minimal_card()
+    data["model"]["provenance"] = {"init_from": "/home/me/runs/x2/model.pt"}
+    with pytest.raises(C.CardError, match="absolute path at model.provenance.init_from"):
+        C.write_card(tmp_path, data)
+    data["model"]["provenance"] = C.portable(data["model"]["provenance"])
+    C.write_card(tmp_path, data)
+    assert C.load_card(tmp_path).model.provenance == {"init_from": "model.pt"}
