@@ -340,6 +340,7 @@ TARGET_MODULES: dict[str, str] = {
     "executorch-coreml": "nsr_edge.converters.executorch_coreml",
     "executorch-dispatch": "nsr_edge.converters.executorch_dispatch",
     "onnxruntime": "nsr_edge.converters.onnxruntime",
+    "litert": "nsr_edge.converters.litert",
 }
 """Target name -> module defining it (imported on first use, so a missing optional stack fails only its target)."""
 

@@ -24,6 +24,7 @@ RUNNERS: dict[str, str] = {
     "coreml": "nsr_edge.runtime.runners.coreml_runner",
     "dispatch": "nsr_edge.runtime.runners.dispatch_runner",
     "onnxruntime": "nsr_edge.runtime.runners.onnxruntime_runner",
+    "litert": "nsr_edge.runtime.runners.litert_runner",
 }
 
 
