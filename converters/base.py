@@ -407,32 +407,62 @@ def method_name(index: int, example: "torch.Tensor") -> str:
     return rule(index, int(example.shape[-2]), int(example.shape[-1]))
 
 
-def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse a non-empty output folder (or a file in its place) unless ``force``. Call before any long work."""
+def check_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact", clean: bool = True) -> Path:
+    """The rules for an output folder, checked before any long work. A non-empty folder is refused unless
+    ``force``, and even then replaced only when nsr-edge wrote it: an artifact folder (``kind="artifact"``: its
+    ``model.json`` is an nsr-edge model card) or a demo report (``kind="demo"``: its ``results.json`` says so).
+    A file in its place, or a place nothing can be written to, is refused. With ``clean``, temporary folders and
+    files an interrupted write into ``out`` left next to it are removed (said on stderr)."""
+    from nsr_edge.commands._common import check_writable, clean_interrupted_writes
+
     path = Path(out)
-    if path.exists() and not path.is_dir():
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise UserError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise UserError(f"{path} is not empty; pass --force to replace it")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise UserError(f"{path} is not empty; pass --force to replace it")
+        try:
+            if kind == "demo":
+                import json
+
+                what = "a demo report (results.json)"
+                data = json.loads((path / "results.json").read_text())
+            else:
+                from nsr_edge.runtime.card import SCHEMA, read_card_json
+
+                what = "an artifact folder (model.json model card)"
+                data = read_card_json(path)
+            owned = data.get("schema") == ("nsr-edge-demo-report" if kind == "demo" else SCHEMA)
+        except (UserError, OSError, ValueError, AttributeError):
+            owned = False
+        if not owned:
+            raise UserError(f"{path} is not {what} written by nsr-edge: --force replaces only those; "
+                            "empty or remove it yourself, or choose another --out")
+    check_writable(path, "--out")
+    if clean:
+        clean_interrupted_writes(path)
     return path
 
 
 @contextmanager
-def atomic_output_dir(out: str | os.PathLike, force: bool) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to ``out``; on success it replaces ``out`` in one rename.
+def atomic_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact") -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``out`` (``.<name>.p<pid>-*.tmp``); on success it replaces ``out``
+    in one rename.
 
-    A failure (exception, Ctrl-C) leaves ``out`` exactly as it was. With ``force`` an existing ``out`` is moved aside
-    first and deleted only after the new folder is in place.
+    A failure (exception, Ctrl-C) leaves ``out`` exactly as it was and removes the temporary folder; what a SIGKILL
+    leaves behind is removed by the next run into ``out`` (`check_output_dir`). With ``force`` an existing ``out``
+    (one nsr-edge wrote, see `check_output_dir`) is moved aside first and deleted only after the new folder is in
+    place.
     """
-    path = check_output_dir(out, force)
+    path = check_output_dir(out, force, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.p{os.getpid()}-", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
         old = None
         if path.exists():
-            check_output_dir(path, force)  # re-check: someone may have written there meanwhile
+            check_output_dir(path, force, kind, clean=False)  # re-check: someone may have written there meanwhile
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)

@@ -69,6 +69,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{p}: is a directory, expected a checkpoint file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: empty file")
+    _check_zip_container(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,6 +82,26 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             TypeError, IndexError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (corrupt or truncated?): {first[:200]}") from None
+
+
+MAX_CHECKPOINT_MEMBERS = 100_000
+
+
+def _check_zip_container(p: Path) -> None:
+    """A checkpoint is a zip (torch.save's format) of STORED members: refuse, before torch reads it, one whose
+    members would expand to more than twice the file (a zip bomb: torch never compresses) or that has absurdly
+    many of them. Legacy (non-zip) checkpoints pass through to torch's own checks."""
+    from .runtime.coreml_mil.artifacts import check_zip_members
+
+    if not zipfile.is_zipfile(p):
+        return
+    size = p.stat().st_size
+    try:
+        with zipfile.ZipFile(p) as zf:
+            check_zip_members(zf, str(p), MAX_CHECKPOINT_MEMBERS, 2 * size + (1 << 20), CheckpointError,
+                              "torch stores checkpoint members uncompressed: not a checkpoint")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (corrupt zip container: {e})") from None
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:

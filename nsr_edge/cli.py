@@ -3,13 +3,16 @@
 Each sub-command lives in its own module under `nsr_edge/commands/` with an ``add_parsers(sub)`` function that
 registers its parser(s) and handler(s); adding a command is one new module and one line in COMMAND_MODULES. Heavy
 libraries are imported inside handlers so that `nsr-edge --help` stays fast. A `UserError` becomes one line on
-stderr and exit code 2; anything else is a bug and keeps its traceback.
+stderr and exit code 2; anything else is a bug and keeps its traceback. A bad option is the same: one line
+(``nsr-edge <command>: error: <message>``, no usage block) and exit code 2, returned by `main` (not raised).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 from typing import Sequence
 
@@ -26,8 +29,25 @@ COMMAND_MODULES = (
 )
 
 
+class ArgumentError(Exception):
+    """A command line argparse refused; `main` prints it as one line and returns 2."""
+
+
+class NsrArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nsr-edge convert: error: --tile must be an integer in 24..4096, got 0``
+    instead of a usage block plus ``argument --tile: ...``. Sub-parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.match(r"argument (\S+?)(?:/\S+)?: (must .*)$", message)
+        if m:  # our range-checked types (commands/_common.py) say "must be ...": "--tile must be ..."
+            message = f"{m.group(1)} {m.group(2)}"
+        elif message.startswith("argument "):
+            message = message[len("argument "):]
+        raise ArgumentError(f"{self.prog}: error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = NsrArgumentParser(
         prog="nsr-edge",
         description="Neural Sparse Representation restoration models: train, convert, quantize, validate, profile.",
     )
@@ -38,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentError as e:
+        print(str(e).replace("\n", " "), file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -47,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nsr-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nsr-edge zoo --json | head`: the reader left; nothing to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":

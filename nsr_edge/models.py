@@ -15,6 +15,7 @@ from torch import nn
 
 from .layers import RoutingConfig, SparseConv2d, WNConv2d
 
+MAX_PARAMS = 500_000_000  # 2 GiB of float32 weights: far above any restoration net, far below an out-of-memory kill
 IMAGE_MEAN = 0.5  # the reference subtracts 0.5 from inputs in [0, 1] and adds it back at the end
 
 
@@ -43,14 +44,38 @@ class ModelConfig:
             raise ValueError(f"scale must be 1..8, got {self.scale}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {self.channels}")
+        for name, kind in (("scale", int), ("channels", int), ("blocks", int), ("width", int), ("banks", int),
+                           ("cardinality", int), ("width_multiplier", (int, float))):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(self.width_multiplier):
+            raise ValueError(f"width_multiplier must be finite, got {self.width_multiplier}")
         if self.blocks < 1 or self.width < 1 or self.width_multiplier <= 0:
             raise ValueError("blocks, width and width_multiplier must be positive")
+        if self.inner_width < 1:
+            raise ValueError(f"width {self.width} x width_multiplier {self.width_multiplier:g} leaves no channels")
         if isinstance(self.routing, dict):  # tolerate dicts from JSON
             object.__setattr__(self, "routing", RoutingConfig.from_dict(self.routing))
         if not ARCHITECTURES[self.arch].sparse:  # routing fields mean nothing for a dense net: one canonical form
             object.__setattr__(self, "banks", 1)
             object.__setattr__(self, "cardinality", 1)
             object.__setattr__(self, "routing", RoutingConfig())
+        if self.banks < 1 or self.cardinality < 1:
+            raise ValueError(f"banks (k) and cardinality (d) must be >= 1, got k={self.banks}, d={self.cardinality}")
+        for what, n in (("width (--channels)", self.width), ("inner width C*wm", self.inner_width)):
+            if n % self.cardinality:
+                raise ValueError(f"{what} {n} must be divisible by cardinality {self.cardinality}")
+        weights = self.param_estimate()
+        if weights > MAX_PARAMS:
+            raise ValueError(f"this configuration has about {weights / 1e6:,.0f}M parameters "
+                             f"({4 * weights / 2**30:,.1f} GiB of float32 weights); the limit is {MAX_PARAMS / 1e6:,.0f}M")
+
+    def param_estimate(self) -> int:
+        """Parameters, from the config alone (the residual blocks' convs dominate; no allocation)."""
+        block = 2 * 9 * self.width * self.inner_width * self.banks
+        ends = 9 * self.width * self.channels * (1 + self.scale**2) + 25 * self.channels**2 * self.scale**2
+        return self.blocks * block + ends
 
     @property
     def inner_width(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,11 +125,10 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     out = Path(out_dir)
     last = out / "last.pt"
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 owns the run folder
-    if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:
-        raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    if launched_rank == 0:
+        _check_run_dir(out, resume)
     if resume and not last.is_file():
         raise UserError(f"--resume: no {last} to resume from")
-    out.mkdir(parents=True, exist_ok=True)
     start_step, elapsed = 0, 0.0
     if resume:
         ckpt = load_checkpoint(last)
@@ -179,6 +179,10 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     pairs = make_pairs(cfg.task, cfg.dataset or cfg.task.train_set, cfg.data_dir,
                        progress=progress("preparing data", None))
     sampler = PatchSampler(pairs, cfg.task, cfg.patch_size, cfg.batch_size, cfg.seed, dist_info.rank)
+    created = not out.exists()  # the folder is made only now, after everything that can fail quickly
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and dist_info.is_main:
+        _truncate_log(out / "log.jsonl", start_step)
 
     def save(step: int, path: Path, with_state: bool) -> None:
         if not dist_info.is_main:
@@ -243,6 +247,12 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     except KeyboardInterrupt:
         save(step, last, with_state=True)
         raise UserError(f"interrupted at step {step}; resume with: nsr-edge train --out {out} --resume") from None
+    except BaseException:
+        if dist_info.is_main and not last.exists():  # nothing to resume: leave no half run behind
+            if log:
+                log.close()
+            _remove_run_leftovers(out, created)
+        raise
     finally:
         if bar:
             bar.close()
@@ -255,6 +265,59 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
 
         dist.destroy_process_group()
     return out / "model.pt"
+
+
+_RUN_LEFTOVERS = ("log.jsonl",)
+"""What a run writes before its first checkpoint: a folder holding only these (and temporary files) is a run that
+failed or was killed before it could be resumed; it is cleared for a new run rather than refused."""
+
+
+def _remove_run_leftovers(out: Path, remove_folder: bool) -> None:
+    for p in list(out.iterdir()) if out.is_dir() else []:
+        if p.name in _RUN_LEFTOVERS or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()):
+            p.unlink()
+    if remove_folder and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse a folder that is not a run folder, or (without ``resume``) a run that can be resumed; clear what an
+    interrupted run left that can be neither resumed nor reused (temporary files, a log without a checkpoint)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not out.is_dir():
+        return
+    for p in out.glob(".*.tmp"):  # a checkpoint write killed halfway (runtime.files.atomic_write_bytes)
+        if p.is_file():
+            p.unlink()
+            print(f"nsr-edge: removed {p}, left by an interrupted write", file=sys.stderr)
+    entries = [p.name for p in out.iterdir()]
+    if resume or not entries:
+        return
+    if (out / "last.pt").exists() or (out / "model.pt").exists() or set(entries) - set(_RUN_LEFTOVERS):
+        raise UserError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    print(f"nsr-edge: {out} holds only the log of a run that stopped before its first checkpoint; starting afresh",
+          file=sys.stderr)
+    _remove_run_leftovers(out, remove_folder=False)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint a run resumes from (written after it, before the run was killed), so that
+    the resumed run does not log those steps twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    if len(keep) != len(lines):
+        from .runtime.files import atomic_write_bytes
+
+        atomic_write_bytes(path, "".join(keep).encode())
 
 
 class _Bar:

@@ -158,6 +158,9 @@ def _load(path: str, max_pixels: int) -> LoadedImage:
             raise ImageError(f"{path}: zero-size image ({w}x{h})")
         if w * h > max_pixels:
             raise ImageError(f"{path}: refused, {w}x{h} is more than {max_pixels} pixels")
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:  # animated PNG/WebP, multi-page TIFF: never silently restore only the first frame
+            raise ImageError(f"{path}: holds {frames} frames or pages; save the one to restore as its own image")
         if fmt == "PNG" and _png16_rawmode(im) is not None:
             hwc = _load_png16_colour(path, im)
             return _finish(hwc, has_alpha=hwc.shape[2] in (2, 4), bit_depth=16, fmt=fmt, path=path)
@@ -365,7 +368,8 @@ def _png16_bytes(ints: np.ndarray) -> bytes:
 def _atomic_write(path: str, write, force: bool) -> None:
     """Write via a temporary file in the target folder, then rename (replace only when ``force``)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # .<name>.p<pid>-*.tmp: what a killed write leaves is recognised (and removed) by the next run into <name>
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.p{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

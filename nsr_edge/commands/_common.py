@@ -1,25 +1,105 @@
-"""Helpers shared by the sub-command modules."""
+"""Helpers shared by the sub-command modules: option types that range-check at parse time (one place for every
+numeric option), and the output rules every writing command follows (`check_output_file`, `clean_interrupted_writes`,
+`check_writable`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+# ------------------------------------------------------------------------------------------- range-checked options
+# argparse reports a type error as "argument --tile: <message>"; cli.NsrArgumentParser.error turns that into
+# "--tile must be an integer in 24..4096, got 0" (one line).
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None and not lo_open:
+        return f"in {lo:g}..{hi:g}"
+    parts = [f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``lo..hi`` (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        what = f"must be an integer {_range_text(lo, hi)}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{what}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``; either bound may be None)."""
+
+    def parse(text: str) -> float:
+        rng = _range_text(lo, hi, lo_open)
+        what = f"must be a finite number{' ' + rng if rng else ''}"
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or (
+                hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{what}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+finite_float = float_in()
+"""argparse type: a float that is a number (``nan`` and ``inf`` make every comparison meaningless)."""
+
+TILE = int_in(24, 4096)  # tile side in input pixels (context margins included); 24 px leaves an 8 px core
+THREADS = int_in(1, 1024)
+POSITIVE = int_in(1)
+NON_NEGATIVE = int_in(0)
+NON_NEGATIVE_FLOAT = float_in(0)
+POSITIVE_FLOAT = float_in(0, lo_open=True)
+NOISE = float_in(0, 255)  # sigma on the 0..255 scale
+QUALITY = int_in(1, 100)  # JPEG quality
+MAX_MEMORY_GB = float_in(0, lo_open=True)
+
+# Architecture fields (ModelConfig checks how they combine: divisibility, total size).
+SCALE = int_in(1, 8)
+BLOCKS = int_in(1, 256)
+WIDTH = int_in(1, 1024)
+WIDTH_MULTIPLIER = float_in(0, 16, lo_open=True)
+BANKS = int_in(1, 64)
+CARDINALITY = int_in(1, 1024)
+
+
 def add_architecture_options(p: argparse.ArgumentParser) -> None:
     """Config overrides for a preset or architecture. Names follow the reference code's flags."""
     g = p.add_argument_group("architecture options (presets and architecture names only)")
-    g.add_argument("--scale", type=int, help="upscaling factor (1 for denoising / deblocking)")
-    g.add_argument("--blocks", type=int, help="number of residual blocks")
-    g.add_argument("--channels", type=int, dest="width", help="residual units C (the reference's num_residual_units)")
-    g.add_argument("--width-multiplier", type=float, help="block expansion C -> C*wm -> C")
-    g.add_argument("--groups", type=int, dest="banks", help="kernel banks k (the reference's num_sparsity_groups)")
-    g.add_argument("--cardinality", type=int, help="cardinal groups d (the reference's num_sparsity_cardinals)")
+    g.add_argument("--scale", type=SCALE, help="upscaling factor 1..8 (1 for denoising / deblocking)")
+    g.add_argument("--blocks", type=BLOCKS, help="number of residual blocks (1..256)")
+    g.add_argument("--channels", type=WIDTH, dest="width",
+                   help="residual units C (the reference's num_residual_units; 1..1024)")
+    g.add_argument("--width-multiplier", type=WIDTH_MULTIPLIER, help="block expansion C -> C*wm -> C (0 < wm <= 16)")
+    g.add_argument("--groups", type=BANKS, dest="banks", help="kernel banks k (the reference's num_sparsity_groups)")
+    g.add_argument("--cardinality", type=CARDINALITY,
+                   help="cardinal groups d (the reference's num_sparsity_cardinals; divides C and C*wm)")
     g.add_argument("--image-channels", type=int, dest="channels", choices=(1, 3), help="1 gray, 3 RGB")
 
 
@@ -37,18 +117,118 @@ def tile_spec(tile: int | None, pad: int = 4):
         return REFERENCE
     try:
         return deploy_spec(tile, pad)
-    except ValueError as e:
-        raise UserError(f"--tile {tile}: {e}") from None
+    except ValueError:
+        raise UserError(f"--tile must be at least {4 * pad + 1} px (context margins of {pad} px and an overlap of "
+                        f"{2 * pad} px on each side), got {tile}") from None
 
 
-def finite_float(text: str) -> float:
-    """argparse type: a float that is a number (``nan`` and ``inf`` make every comparison meaningless)."""
-    import math
+# ---------------------------------------------------------------------------------------------------- output rules
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?:p(?P<tpid>\d+)-)?[^.]+\.tmp|old-(?P<pid>\d+))$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_interrupted_writes(out: str | os.PathLike) -> list[Path]:
+    """Remove what an interrupted write into ``out`` left next to it: ``.<name>.*.tmp`` files and folders
+    (atomic_output_dir, runtime.files.atomic_write_bytes, runtime.images) and ``.<name>.old-<pid>`` folders of a
+    replace that was killed between its two renames. Names that carry a process id (``.<name>.p<pid>-*.tmp``,
+    ``.old-<pid>``) are left alone while that process runs. Says so on stderr; returns what it removed."""
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return []
+    removed = []
+    for entry in parent.iterdir():
+        m = _TMP_NAME.match(entry.name)
+        if not m or m.group("name") != path.name or entry.is_symlink():
+            continue
+        pid = m.group("pid") or m.group("tpid")
+        if pid and _alive(int(pid)):  # a write in progress (or a replace) of a running process: not ours to touch
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError as e:
+            print(f"nsr-edge: warning: cannot remove {entry} left by an interrupted write: {e.strerror or e}",
+                  file=sys.stderr)
+            continue
+        removed.append(entry)
+        print(f"nsr-edge: removed {entry}, left by an interrupted write", file=sys.stderr)
+    return removed
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder", need_bytes: int = 0) -> None:
+    """Fail in well under a second, before any long work, if nothing can be written into ``folder`` (the nearest
+    existing ancestor when it does not exist yet): read-only file system, no permission, or less than
+    ``need_bytes`` free."""
+    from ..errors import UserError
+
+    target = Path(folder).absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
+    try:
+        fd = os.open(probe / f".nsr-edge-probe-{os.getpid()}.tmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe / f".nsr-edge-probe-{os.getpid()}.tmp")
+    except OSError as e:
+        raise UserError(f"{what} {target}: cannot write in {probe} ({e.strerror or e}); choose another place") from None
+    if need_bytes:
+        free = shutil.disk_usage(probe).free
+        if free < need_bytes:
+            raise UserError(f"{what} {target}: {free / 2**20:.0f} MiB free in {probe}, about "
+                            f"{need_bytes / 2**20:.0f} MiB needed; free some space or choose another place")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_file(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike | None] = (),
+                      option: str = "output") -> Path:
+    """The rules for a single output file, checked before any work: it is none of the command's ``inputs`` (even
+    with ``--force``), not a folder, replaced only with ``force``, and its folder is writable; temporary files of
+    an interrupted write of it are removed."""
+    from ..errors import UserError
+
+    path = Path(out)
+    for src in inputs:
+        if src is not None and _same_file(path, Path(src)):
+            raise UserError(f"{option} {path} is also an input of this command; write the result somewhere else")
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: folder {path.parent} does not exist")
+    check_writable(path.parent)
+    clean_interrupted_writes(path)
+    return path
+
+
+def check_dataset(name: str, what: str, data_dir: str | None = None, scale: int | None = None) -> None:
+    """Preflight: the named data set exists and holds images (one line saying ``what`` it is for otherwise)."""
+    from ..errors import UserError
+    from ..runtime import datasets
 
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-    return value
+        datasets.list_eval_images(name, scale if scale in datasets.SR_SCALES else 2, data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"{what} {name}: {e}") from None

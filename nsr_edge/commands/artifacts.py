@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import UserError
 from ..reference import reference_fn
-from ._common import finite_float, print_json
+from ._common import (NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, THREADS, TILE, check_dataset, check_writable,
+                      finite_float, print_json)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,21 +22,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="zoo id or nsr-edge checkpoint (.pt)")
     p.add_argument("--target", default="executorch", help=f"one of {', '.join(target_names())} (default executorch)")
     p.add_argument("--quant", default="fp32", help=f"recipe: {', '.join(RECIPES)} (default fp32)")
-    p.add_argument("--tile", type=int, default=64, help="tile side in input pixels, context margins included (64)")
-    p.add_argument("--extra-tiles", type=int, nargs="*", default=[], help="more tile sides, one method each")
+    p.add_argument("--tile", type=TILE, default=64, help="tile side in input pixels, context margins included "
+                   "(24..4096, default 64)")
+    p.add_argument("--extra-tiles", type=TILE, nargs="*", default=[], help="more tile sides, one method each")
     p.add_argument("--strategy", default="output-mix", help="output-mix | kernel-mix | hard | auto (default output-mix)")
     p.add_argument("--out", required=True, help="artifact folder (must be new or empty unless --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     g = p.add_argument_group("quantization (int8 recipes)")
-    g.add_argument("--calibration-tiles", type=int, help="tiles of the training set to calibrate on (recipe default 64)")
+    g.add_argument("--calibration-tiles", type=POSITIVE, help="tiles of the training set to calibrate on (recipe default 64)")
     g.add_argument("--calibration-dataset", help="calibration images (default: the task's training set)")
     g.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
-    g.add_argument("--qat-steps", type=int, help="int8-qat fine-tuning steps (recipe default 500)")
+    g.add_argument("--qat-steps", type=NON_NEGATIVE, help="int8-qat fine-tuning steps (recipe default 500)")
     g.add_argument("--qat-dir", help="where int8-qat keeps its resumable state (default .nsr-edge-qat/)")
     g.add_argument("--fp32-parts", help="comma list of parts kept in float: routing, first, last, skip, output, "
                    "residual ('' for none; default: all of them, see docs/deploy.md)")
     g = p.add_argument_group("--strategy auto")
-    g.add_argument("--auto-max-drop-db", type=finite_float, default=0.05,
+    g.add_argument("--auto-max-drop-db", type=NON_NEGATIVE_FLOAT, default=0.05,
                    help="accuracy tolerance: Y-PSNR drop vs the FP32 model on the check set (default 0.05)")
     g.add_argument("--auto-dataset", default=None, help="check set (default: the task's first evaluation set)")
     p.add_argument("--json", action="store_true", help="print the model card")
@@ -48,15 +50,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--dataset", help="evaluation set by name (default: the task's first, e.g. set5)")
     src.add_argument("--dataset-dir", help="a folder of ground-truth images (inputs are degraded from them)")
     p.add_argument("--data-dir", help="root of the data sets")
-    p.add_argument("--limit", type=int, help="first N images only")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--limit", type=POSITIVE, help="first N images only")
+    p.add_argument("--threads", type=THREADS, default=1)
     p.add_argument("--reference", help="the FP32 checkpoint the artifact was converted from (default: the zoo model, "
                    "or the card's checkpoint file name in the current folder); its SHA-256 must match the card")
     p.add_argument("--no-reference", action="store_true", help="skip the FP32 PyTorch reference (task metrics only)")
     p.add_argument("--allow-small", action="store_true", help="pad images smaller than the tile instead of refusing")
     p.add_argument("--max-drop-db", type=finite_float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
     p.add_argument("--min-psnr-vs-reference", type=finite_float, help="fail if PSNR vs the FP32 output is below this (dB)")
-    p.add_argument("--max-abs", type=finite_float, help="fail if max |artifact - FP32| exceeds this ([0,1] units)")
+    p.add_argument("--max-abs", type=NON_NEGATIVE_FLOAT, help="fail if max |artifact - FP32| exceeds this ([0,1] units)")
     p.add_argument("--per-layer", action="store_true", help="per-op numeric gap (ETDump + ETRecord + Inspector)")
     p.add_argument("--record", action="store_true", help="store the summary in the model card")
     p.add_argument("--json", action="store_true")
@@ -65,9 +67,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("profile", help="latency (median/p90 per tile and per megapixel), per-op times, peak memory")
     p.add_argument("artifact", help="artifact folder written by `nsr-edge convert`")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=THREADS, default=1)
+    p.add_argument("--runs", type=POSITIVE, default=50)
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=5)
     p.add_argument("--per-op", action="store_true", help="per-op breakdown from an ETDump (ExecuTorch)")
     p.add_argument("--record", action="store_true", help="store the result in the model card")
     p.add_argument("--json", action="store_true")
@@ -77,8 +79,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------------------ convert
 
 
+def _preflight_convert(args: argparse.Namespace) -> None:
+    """Seconds, not minutes: the output folder, the model and the data sets the conversion will read."""
+    from .. import hub
+    from ..converters.base import check_output_dir, get_recipe
+    from ..hub import task_of
+
+    check_output_dir(args.out, args.force)
+    resolved = hub.resolve(args.model, require_trained=True)
+    task = task_of(resolved, guess=True)
+    need = 4 * resolved.config.param_estimate() * (1 + len(args.extra_tiles)) + (1 << 20)
+    check_writable(args.out, "--out", need_bytes=need)
+    if task is not None and get_recipe(args.quant).quantized:
+        check_dataset(args.calibration_dataset or task.train_set, "calibration data (--calibration-dataset)", args.data_dir)
+    if task is not None and args.strategy == "auto":
+        check_dataset(args.auto_dataset or task.eval_sets[0], "check set of --strategy auto (--auto-dataset)", args.data_dir, task.scale)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..converters.pipeline import ConvertOptions, convert
+
+    _preflight_convert(args)
 
     overrides: dict[str, Any] = {}
     if args.fp32_parts is not None:
@@ -163,8 +184,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from ..runtime.card import load_card, record_profile
     from ..runtime.profile import profile_artifact, profile_record
 
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
-        raise UserError("--runs and --threads must be >= 1, --warmup >= 0")
     card = load_card(args.artifact)
     if args.per_op and card.runner != "executorch":
         raise UserError(f"--per-op is available for ExecuTorch artifacts (this one is {card.runner})")

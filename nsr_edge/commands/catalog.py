@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_architecture_options, architecture_overrides, print_json
+from ._common import TILE, add_architecture_options, architecture_overrides, print_json
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list architectures, presets and zoo models")
@@ -14,7 +14,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("info", help="parameters and MACs per pixel of a model in every form")
     p.add_argument("model", help="zoo id, preset, architecture name or checkpoint path")
-    p.add_argument("--tile", type=int, default=48, help="tile side used to amortise per-tile costs (default 48)")
+    p.add_argument("--tile", type=TILE, default=48, help="tile side used to amortise per-tile costs (default 48)")
     p.add_argument("--json", action="store_true")
     add_architecture_options(p)
     p.set_defaults(func=cmd_info)

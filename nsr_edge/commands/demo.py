@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ._common import POSITIVE, TILE
 
 DEFAULT_MODEL = "nsr_sr_x2"
+REPORT_SCHEMA = "nsr-edge-demo-report"  # in results.json: how `demo --force` knows the folder is its own
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +23,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="The main job: the default zoo model to ExecuTorch FP32 and INT8, validated on "
                                    "real images and profiled; writes DIR/report.md and DIR/psnr_vs_latency.png.")
     p.add_argument("--out", required=True, help="report folder (must be new or empty unless --force)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace a demo report folder nsr-edge wrote")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo id or checkpoint (default {DEFAULT_MODEL})")
-    p.add_argument("--tile", type=int, default=64)
+    p.add_argument("--tile", type=TILE, default=64)
     p.add_argument("--recipes", nargs="+", default=["fp32", "int8-ptq"])
     p.add_argument("--datasets", nargs="+", default=["set5"], help="validation sets (default set5)")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=POSITIVE, default=30)
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -43,12 +45,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..runtime.profile import profile_artifact, profile_record
     from ..runtime.validate import Tolerances, validate_artifact, validation_record
 
-    check_output_dir(args.out, args.force)
+    check_output_dir(args.out, args.force, kind="demo")
     if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in hub.zoo_ids():
         raise UserError(f"the default model {DEFAULT_MODEL} is not in zoo/ yet (zoo: {', '.join(hub.zoo_ids()) or 'empty'}); "
                         "pass --model CHECKPOINT")
     rows: list[dict[str, Any]] = []
-    with atomic_output_dir(args.out, args.force) as tmp:
+    with atomic_output_dir(args.out, args.force, kind="demo") as tmp:
         for recipe in args.recipes:
             folder = tmp / f"executorch-{recipe}"
             print(f"[demo] convert {args.model} -> executorch {recipe}", file=sys.stderr)
@@ -69,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             row["profile"] = profile_artifact(str(folder), card, threads=1, runs=args.runs, warmup=5)
             record_profile(folder, profile_record(row["profile"]))
             rows.append(row)
-        atomic_write_json(tmp / "results.json", {"model": args.model, "tile": args.tile, "rows": rows})
+        atomic_write_json(tmp / "results.json", {"schema": REPORT_SCHEMA, "model": args.model, "tile": args.tile, "rows": rows})
         plot(rows, args.datasets[0], tmp / "psnr_vs_latency.png", args.model)
         (tmp / "report.md").write_text(report_md(rows, args.model, args.tile, args.datasets, card.tools))
     print(f"wrote {Path(args.out) / 'report.md'}")

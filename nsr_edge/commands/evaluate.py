@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 
 from ..errors import UserError
-from ._common import print_json, tile_spec
+from ._common import MAX_MEMORY_GB, NOISE, POSITIVE_FLOAT, QUALITY, SCALE, TILE, check_output_file, print_json, tile_spec
 
 
 def _progress(enabled: bool):
@@ -28,11 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-dir", nargs="*", default=[], help="folders of HR/clean images (degraded by us)")
     p.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
     p.add_argument("--task", choices=("sr", "denoise", "jpeg"))
-    p.add_argument("--scale", type=int)
-    p.add_argument("--noise", type=float, help="noise sigma on the 0..255 scale")
-    p.add_argument("--jpeg", type=int, dest="quality", help="JPEG quality")
+    p.add_argument("--scale", type=SCALE)
+    p.add_argument("--noise", type=NOISE, help="noise sigma on the 0..255 scale")
+    p.add_argument("--jpeg", type=QUALITY, dest="quality", help="JPEG quality")
     p.add_argument("--image-channels", type=int, choices=(1, 3), help="1: gray evaluation, 3: colour")
-    p.add_argument("--tile", type=int, help="fixed tile side (default: the reference 48 px scheme)")
+    p.add_argument("--tile", type=TILE, help="fixed tile side (default: the reference 48 px scheme)")
+    p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
+                   help="refuse a --tile whose working memory exceeds this (default 8 GiB)")
     p.add_argument("--per-image", action="store_true", help="also list every image")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -48,9 +48,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("input")
         p.add_argument("output", help="PNG/JPEG/BMP path (16-bit PNG in keeps 16 bit; alpha is kept)")
         p.add_argument("--model", help=f"zoo id or checkpoint (default: the zoo's {task} model)")
-        p.add_argument("--tile", type=int, default=64, help="tile side (default 64)")
+        p.add_argument("--tile", type=TILE, default=64, help="tile side (24..4096, default 64)")
         p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-        p.add_argument("--max-megapixels", type=float, default=100.0, help="refuse larger inputs (default 100)")
+        p.add_argument("--max-megapixels", type=POSITIVE_FLOAT, default=100.0, help="refuse larger inputs (default 100)")
+        p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
+                       help="refuse an image and --tile whose working memory exceeds this (default 8 GiB)")
         p.set_defaults(func=cmd_restore, task=task)
 
 
@@ -69,7 +71,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if resolved.config.channels != task.channels or resolved.config.scale != task.scale:
             raise UserError(f"{args.model} is a {resolved.config.channels}-channel x{resolved.config.scale} model; "
                             f"it cannot run the {task.label} task")
-        target = EvalTarget(resolved.id, model_restorer(resolved.build(), task.scale, tile_spec(args.tile)))
+        from ..restore import plan_batch
+
+        spec = tile_spec(args.tile)
+        batch = plan_batch(resolved.config, spec, None, args.max_memory_gb, 64) if args.tile else 64
+        target = EvalTarget(resolved.id, model_restorer(resolved.build(), task.scale, spec, batch))
     else:
         target = EvalTarget(args.method, method_restorer(args.method, task))
     sets = args.dataset or ([] if args.dataset_dir else list(task.eval_sets))
@@ -125,10 +131,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..restore import restore_image
     from ..runtime import images
 
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite")
-    resolved = hub.resolve(args.model or default_zoo_model(args.task), require_trained=True)
+    model = args.model or default_zoo_model(args.task)
+    out = check_output_file(args.output, args.force, inputs=(args.input, model), option="OUTPUT")
+    resolved = hub.resolve(model, require_trained=True)
     task = task_of(resolved)
     if task is not None and task.name != args.task:
         raise UserError(f"{resolved.id} is a {task.label} model, not for `nsr-edge {args.command}`")
@@ -136,7 +141,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         img = images.load_image(args.input, max_pixels=int(args.max_megapixels * 1e6))
     except images.ImageError as e:
         raise UserError(str(e)) from None
-    result = restore_image(resolved, img.data, tile_spec(args.tile))
+    if img.bit_depth == 16 and out.suffix.lower() != ".png":
+        print(f"nsr-edge {args.command}: note: {args.input} is 16-bit; {out.suffix} stores 8 bits "
+              "(write a .png to keep 16)", file=sys.stderr)
+    result = restore_image(resolved, img.data, tile_spec(args.tile), max_gb=args.max_memory_gb)
     try:
         images.save_image(out, result, like=img, force=args.force)
     except images.ImageError as e:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-
+from ._common import check_output_file
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="reference checkpoint (.pth)")
     p.add_argument("--out", required=True, help="output nsr-edge checkpoint (.pt)")
     p.add_argument("--config", help="JSON model config, when it should not be inferred from the weights")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never the input)")
     p.set_defaults(func=cmd_import_checkpoint)
 
 
@@ -23,6 +23,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from ..checkpoint import import_reference_checkpoint, save_checkpoint
     from ..models import ModelConfig
 
+    check_output_file(args.out, args.force, inputs=(args.path, args.config), option="--out")
     config = None
     if args.config:
         try:

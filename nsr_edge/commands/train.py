@@ -6,7 +6,8 @@ import argparse
 import json
 
 from ..errors import UserError
-from ._common import add_architecture_options, architecture_overrides
+from ._common import (NOISE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, THREADS, add_architecture_options,
+                      architecture_overrides, check_dataset, check_writable, float_in, int_in)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,33 +19,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="wdsr_nsr", help="preset or architecture to train (default wdsr_nsr)")
     p.add_argument("--task", choices=("sr", "denoise", "jpeg"), dest="task_given",
                    help="default: sr, or the task of --init-from")
-    p.add_argument("--noise", type=float, default=0.0, help="denoising: sigma on the 0..255 scale")
-    p.add_argument("--quality", type=int, default=0, help="JPEG deblocking: quality 1..100")
+    p.add_argument("--noise", type=NOISE, default=0.0, help="denoising: sigma on the 0..255 scale")
+    p.add_argument("--quality", type=int_in(0, 100), default=0, help="JPEG deblocking: quality 1..100")
     p.add_argument("--dataset", help="training set name (default: the task's standard set)")
     p.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
-    p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch-size", type=int, default=48, help="input (LR) patch side")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--milestones", type=float, nargs="*", default=[2 / 3, 5 / 6],
+    p.add_argument("--steps", type=POSITIVE, default=10000)
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=16)
+    p.add_argument("--patch-size", type=int_in(8, 1024), default=48, help="input (LR) patch side (8..1024)")
+    p.add_argument("--lr", type=float_in(0, 1, lo_open=True), default=1e-3)
+    p.add_argument("--milestones", type=float_in(0, 1), nargs="*", default=[2 / 3, 5 / 6],
                    help="fractions of --steps where the learning rate is multiplied by --lr-decay")
-    p.add_argument("--lr-decay", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--lr-decay", type=POSITIVE_FLOAT, default=0.2)
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
+    p.add_argument("--checkpoint-every", type=POSITIVE, default=500)
+    p.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
                    "task), e.g. with --routing straight_through to make a soft-routed model hard")
     p.add_argument("--distill-from", help="teacher: a trained zoo model or checkpoint of the same task and scale "
                    "(e.g. the soft-routed model a hard-routed fine-tune starts from); adds --distill-weight x "
                    "L1(output, teacher output) to the loss")
-    p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument("--distill-weight", type=NON_NEGATIVE_FLOAT, default=1.0)
     g = p.add_argument_group("routing (NSR models)")
     g.add_argument("--routing", choices=("softmax", "sigmoid", "gumbel", "straight_through"))
-    g.add_argument("--temperature", type=float, help="fixed softmax temperature")
+    g.add_argument("--temperature", type=POSITIVE_FLOAT, help="fixed softmax temperature")
     g.add_argument("--learnable-temperature", action="store_true")
     g.add_argument("--normalize-logits", action="store_true", help="standardise routing logits over the banks")
-    g.add_argument("--pool-grid", type=int, help="route on a g x g grid of pooled sub-patches (default 1)")
+    g.add_argument("--pool-grid", type=int_in(1, 16), help="route on a g x g grid of pooled sub-patches (default 1)")
     g.add_argument("--shared-routing", action="store_true", help="route both convs of a block from its input")
     g.add_argument("--sparsity", default="{}",
                    help='JSON sparsity options, e.g. \'{"temperature": [1, 0.05, 0.75], "load_balance": 0.01}\'')
@@ -77,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, describe, train
 
     args.task = args.task_given or "sr"
+    check_writable(args.out, "--out")
     if args.resume:
         path = train(None, args.out, resume=True)  # the config comes from the checkpoint
         print(f"done: {path}")
@@ -119,7 +121,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         distill_from=str(hub.checkpoint_path(args.distill_from)) if args.distill_from else None,
         distill_weight=args.distill_weight if args.distill_from else 0.0,
     )
-    print(describe(cfg))
+    check_dataset(cfg.dataset or task.train_set, "training set (--dataset)", args.data_dir)
+    try:
+        summary = describe(cfg)
+    except ValueError as e:  # a layer refused the configuration
+        raise UserError(f"invalid model options: {e}") from None
+    print(summary)
     path = train(cfg, args.out)
     print(f"done: {path}")
     return 0

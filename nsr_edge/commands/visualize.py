@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ._common import tile_spec
+from ._common import MAX_MEMORY_GB, TILE, check_output_file, tile_spec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -14,21 +14,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image")
     p.add_argument("--model", required=True, help="zoo id or checkpoint of an NSR model")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--tile", type=int, default=48, help="tile side (default 48, the reference)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--tile", type=TILE, default=48, help="tile side (default 48, the reference)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never the input image)")
+    p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
+                   help="refuse an image whose tiles (all routed at once) need more working memory (default 8 GiB)")
     p.set_defaults(func=cmd_visualize)
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
     from .. import hub
+    from ..restore import plan_batch
     from ..runtime import images
     from ..visualize import render, routing_maps
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError("--out must be a .png file")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite")
+    check_output_file(out, args.force, inputs=(args.image, args.model), option="--out")
     resolved = hub.resolve(args.model, require_trained=True)
     try:
         img = images.load_image(args.image)
@@ -40,6 +42,11 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     elif resolved.config.channels == 1 and data.shape[0] == 3:
         data = data.mean(0, keepdims=True)
     spec = tile_spec(args.tile)
+    h, w = data.shape[1:]
+    n_tiles = -(-h // spec.stride) * -(-w // spec.stride)  # every tile is routed in one batch
+    if plan_batch(resolved.config, spec, (h, w), args.max_memory_gb, n_tiles) < n_tiles:
+        raise UserError(f"{args.image}: {n_tiles} tiles of {args.tile} px routed at once need more than "
+                        f"--max-memory-gb {args.max_memory_gb:g}; use a smaller image or raise --max-memory-gb")
     maps = routing_maps(resolved.build(), data, spec)
     render(data, maps, spec, out, f"{resolved.id}: top routing bank per {args.tile}px tile")
     print(f"wrote {out} ({len(maps.layers)} routed layers, {maps.top_bank.shape[1]} tiles)")

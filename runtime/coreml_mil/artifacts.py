@@ -12,6 +12,40 @@ from pathlib import Path
 from .errors import MilError
 from .program import MilPackage, load_mlpackage
 
+MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_BYTES = 2 << 30
+"""Limits on a Core ML package zip, checked on the zip's directory before any member is read (a zip bomb is refused
+in a millisecond, not after filling memory). Raise them with $NSR_EDGE_MAX_UNZIP_MB / $NSR_EDGE_MAX_UNZIP_FILES."""
+
+
+def zip_limits() -> tuple[int, int]:
+    """(members, uncompressed bytes) a zip may hold: the defaults, or the environment's."""
+    try:
+        members = int(os.environ.get("NSR_EDGE_MAX_UNZIP_FILES", MAX_ZIP_MEMBERS))
+        size = int(float(os.environ.get("NSR_EDGE_MAX_UNZIP_MB", MAX_ZIP_BYTES / 2**20)) * 2**20)
+    except ValueError:
+        raise MilError("$NSR_EDGE_MAX_UNZIP_FILES / $NSR_EDGE_MAX_UNZIP_MB must be numbers") from None
+    return members, size
+
+
+def check_zip_members(zf: zipfile.ZipFile, where: str, max_members: int, max_bytes: int,
+                      error: type[Exception] = MilError, why: str | None = None) -> list[zipfile.ZipInfo]:
+    """The members of ``zf`` after checking their count, their declared sizes (zipfile never inflates a member
+    past its declared size) and their names (no absolute paths or ``..``); one-line ``error`` otherwise, ending
+    with ``why`` (default: the environment variables that raise the limits)."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise error(f"{where}: refused, the zip holds {len(infos)} members (limit {max_members}; "
+                    f"{why or '$NSR_EDGE_MAX_UNZIP_FILES raises it'})")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise error(f"{where}: refused, the zip's members expand to {total / 2**20:,.0f} MiB (limit "
+                    f"{max_bytes / 2**20:,.0f} MiB; {why or '$NSR_EDGE_MAX_UNZIP_MB raises it'})")
+    for i in infos:
+        if i.filename.startswith(("/", "\\")) or ".." in i.filename.replace("\\", "/").split("/"):
+            raise error(f"{where}: refused, zip member {i.filename!r} points outside the archive")
+    return infos
+
 
 def load_artifact(path: str | os.PathLike) -> MilPackage:
     """A Core ML program from any of: an ``.mlpackage`` folder, its zip (``model.mlpackage.zip``, the coreml
@@ -22,13 +56,17 @@ def load_artifact(path: str | os.PathLike) -> MilPackage:
     if not p.is_file():
         raise MilError(f"{p}: no such Core ML artifact")
     if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/")]
-            roots = sorted({n.split(".mlpackage/", 1)[0] + ".mlpackage/" for n in names if ".mlpackage/" in n})
-            if not roots:
-                raise MilError(f"{p}: the zip holds no .mlpackage")
-            root = roots[0]
-            files = {n[len(root):]: zf.read(n) for n in names if n.startswith(root)}
+        try:
+            with zipfile.ZipFile(p) as zf:
+                infos = check_zip_members(zf, str(p), *zip_limits())
+                names = [i.filename for i in infos if not i.is_dir()]
+                roots = sorted({n.split(".mlpackage/", 1)[0] + ".mlpackage/" for n in names if ".mlpackage/" in n})
+                if not roots:
+                    raise MilError(f"{p}: the zip holds no .mlpackage")
+                root = roots[0]
+                files = {n[len(root):]: zf.read(n) for n in names if n.startswith(root)}
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as e:
+            raise MilError(f"{p}: corrupt Core ML package zip ({type(e).__name__}: {e})") from None
         return MilPackage.from_files(files, str(p))
     data = p.read_bytes()
     payloads = coreml_payloads(data)
