@@ -73,10 +73,17 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message: its weights_only boilerplate (advice to load with weights_only=False: never here), then
+        # the reason; keep the reason only.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(
+            ("Weights only load failed", "Check the documentation", "Please file an issue", "You can use"))]
+        reason = lines[0] if lines else type(e).__name__
+        if "GLOBAL" not in reason and "Unsupported" not in reason:
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (corrupt or truncated?): {reason[:200]}") \
+                from None
         raise CheckpointError(
             f"{p}: refused: it holds objects other than plain tensors and containers (not loaded, nothing executed): "
-            f"{first[:200]}"
+            f"{reason[:200]}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
             TypeError, IndexError, UnicodeDecodeError) as e:
@@ -155,7 +162,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: no state_dict")
     ckpt = Checkpoint(config, state, raw.get("provenance") or {}, raw.get("training"))
-    check_state_dict(build_model(config), state)
+    try:
+        check_state_dict(build_model(config), state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     return ckpt
 
 

@@ -176,8 +176,11 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
 
     sparsity = SparsityTrainer(model, cfg.sparsity, cfg.steps)
     progress = _progress_factory(show_progress and dist_info.is_main)
-    pairs = make_pairs(cfg.task, cfg.dataset or cfg.task.train_set, cfg.data_dir,
-                       progress=progress("preparing data", None))
+    try:
+        pairs = make_pairs(cfg.task, cfg.dataset or cfg.task.train_set, cfg.data_dir,
+                           progress=progress("preparing data", None))
+    except (FileNotFoundError, ValueError) as e:  # an unknown or missing set: before the run folder exists
+        raise UserError(f"training set {cfg.dataset or cfg.task.train_set}: {e}") from None
     sampler = PatchSampler(pairs, cfg.task, cfg.patch_size, cfg.batch_size, cfg.seed, dist_info.rank)
     created = not out.exists()  # the folder is made only now, after everything that can fail quickly
     out.mkdir(parents=True, exist_ok=True)

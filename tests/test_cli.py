@@ -33,3 +33,9 @@ def test_unknown_model_is_one_line_error():
     r = run("info", "no_such_model")
     assert r.returncode == 2
     assert "unknown model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_option_is_one_line_with_the_allowed_range():
+    r = run("info", "wdsr_nsr", "--cardinality", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "nsr-edge info: error: --cardinality must be an integer in 1..1024, got 0"
