@@ -65,18 +65,9 @@ class Conversion:
         from nsr_edge.runtime.files import file_sha256
 
         o = self.options
-        self.target = get_target(o.target)
-        overrides = dict(o.recipe_overrides)
-        if o.calibration_tiles is not None:
-            overrides["calibration_tiles"] = o.calibration_tiles
-        if o.qat_steps is not None:
-            overrides["qat_steps"] = o.qat_steps
-        self.recipe = get_recipe(o.recipe, **overrides)
+        self.target, self.recipe = check_request(o)  # before loading anything
         caps = self.target.capabilities
         tiles = (o.tile, *o.extra_tiles)
-        why = caps.refusal(self.target.name, o.strategy, self.recipe.name, tiles)  # before loading anything
-        if why:
-            raise UserError(why)
         self.resolved = hub.resolve(o.model, require_trained=True)
         cfg = self.resolved.config
         why = caps.refusal(self.target.name, o.strategy, self.recipe.name, tiles, model_facts(cfg))
@@ -197,6 +188,24 @@ class Conversion:
         return Path(out)
 
 
+def check_request(options: ConvertOptions) -> tuple[Target, Recipe]:
+    """The target and the resolved recipe, after checking the request against the target's capabilities (what
+    needs no model): one-line `UserError` otherwise. ``--strategy auto`` is checked per candidate later."""
+    target = get_target(options.target)
+    overrides = dict(options.recipe_overrides)
+    if options.calibration_tiles is not None:
+        overrides["calibration_tiles"] = options.calibration_tiles
+    if options.qat_steps is not None:
+        overrides["qat_steps"] = options.qat_steps
+    recipe = get_recipe(options.recipe, **overrides)
+    caps = target.capabilities
+    strategy = caps.strategies[0] if options.strategy == "auto" else options.strategy
+    why = caps.refusal(target.name, strategy, recipe.name, (options.tile, *options.extra_tiles))
+    if why:
+        raise UserError(why)
+    return target, recipe
+
+
 def model_facts(config: Any) -> ModelFacts:
     """What the target capability checks may ask of a model config."""
     return ModelFacts(arch=config.arch, scale=config.scale, channels=config.channels, sparse=config.is_sparse,
@@ -238,4 +247,4 @@ def convert(options: ConvertOptions, out: str, force: bool = False) -> tuple[Pat
     return path, load_card(path)
 
 
-__all__ = ["ConvertOptions", "Conversion", "convert", "check_tile", "tool_versions", "TILE_PAD"]
+__all__ = ["ConvertOptions", "Conversion", "convert", "check_request", "check_tile", "tool_versions", "TILE_PAD"]

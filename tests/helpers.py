@@ -32,3 +32,19 @@ def real_tiles(tile: int, n: int = 12, dataset: str = "set5", image: int = 0):
     x, _ = datasets.make_input(pair, "sr", 2)
     tiles, _ = tiling.split(x, tiling.deploy_spec(tile))
     return np.ascontiguousarray(tiles[:: max(1, len(tiles) // n)][:n], dtype=np.float32)
+
+
+def artifact_vouched_by_card(source_dir, folder, data: bytes):
+    """``folder`` holding ``data`` as the artifact of ``source_dir``'s card, with a card whose size and SHA-256 vouch
+    for it: how a test gets a corrupt or poisoned artifact past the digest check to its runtime."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    card = json.loads((Path(source_dir) / "model.json").read_text())
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / card["artifact"]["file"]).write_bytes(data)
+    card["artifact"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder

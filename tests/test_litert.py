@@ -3,14 +3,13 @@ runs in the LiteRT interpreter and equals the deploy form (FP32) or stays within
 float parts kept float); validate/profile run it; refused strategies, Flex/custom ops and a corrupt file are one
 line each."""
 
-import hashlib
 import json
 
 import helpers
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_error, run_cli
+from helpers import artifact_vouched_by_card, one_line_error, run_cli
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")
@@ -104,12 +103,7 @@ def test_refusals_and_bad_files_are_one_line(arts, tmp_path):
     assert "refuses --strategy hard" in line and "_assert_async" in line
     assert "does not support recipe int8-qat" in one_line_error(run_cli(
         "convert", "--model", arts["ckpt"], "--target", "litert", "--quant", "int8-qat", "--out", tmp_path / "q"))
-    garbage, card = b"TFL3garbage" * 20, json.loads((arts["fp32"] / "model.json").read_text())
-    card["artifact"].update(sha256=hashlib.sha256(garbage).hexdigest(), bytes=len(garbage))  # vouches for it
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "model.json").write_text(json.dumps(card))
-    (broken / "model.tflite").write_bytes(garbage)
+    broken = artifact_vouched_by_card(arts["fp32"], tmp_path / "broken", b"TFL3garbage" * 20)
     assert "not a loadable LiteRT model" in one_line_error(run_cli("validate", broken, "--dataset", "set5"))
 
 

@@ -28,6 +28,8 @@ def test_base_strategies_are_the_deploy_forms():
      "target executorch-dispatch lowers strategy hard only (pass --strategy hard)", False),
     (["--model", "nsr_sr_x2_hard", "--target", "executorch-dispatch", "--strategy", "hard", "--extra-tiles", "48"],
      "one tile size per artifact", False),
+    (["--model", "nsr_sr_x2", "--target", "litert", "--strategy", "hard"],
+     "target litert refuses --strategy hard", False),
     (["--model", "dense_sr_x2_eqmacs", "--target", "executorch-dispatch", "--strategy", "hard"],
      "target executorch-dispatch: it lowers WDSR-NSR models", True),
 ])

@@ -79,10 +79,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------------------ convert
 
 
-def _preflight_convert(args: argparse.Namespace) -> None:
+def _preflight_convert(args: argparse.Namespace, calibrates: bool) -> None:
     """Seconds, not minutes: the output folder, the model and the data sets the conversion will read."""
     from .. import hub
-    from ..converters.base import check_output_dir, get_recipe
+    from ..converters.base import check_output_dir
     from ..hub import task_of
 
     check_output_dir(args.out, args.force)
@@ -90,16 +90,14 @@ def _preflight_convert(args: argparse.Namespace) -> None:
     task = task_of(resolved, guess=True)
     need = 4 * resolved.config.param_estimate() * (1 + len(args.extra_tiles)) + (1 << 20)
     check_writable(args.out, "--out", need_bytes=need)
-    if task is not None and get_recipe(args.quant).quantized:
+    if task is not None and calibrates:
         check_dataset(args.calibration_dataset or task.train_set, "calibration data (--calibration-dataset)", args.data_dir)
     if task is not None and args.strategy == "auto":
         check_dataset(args.auto_dataset or task.eval_sets[0], "check set of --strategy auto (--auto-dataset)", args.data_dir, task.scale)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..converters.pipeline import ConvertOptions, convert
-
-    _preflight_convert(args)
+    from ..converters.pipeline import ConvertOptions, check_request, convert
 
     overrides: dict[str, Any] = {}
     if args.fp32_parts is not None:
@@ -110,6 +108,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         calibration_dataset=args.calibration_dataset, data_dir=args.data_dir, qat_steps=args.qat_steps,
         qat_dir=args.qat_dir, recipe_overrides=overrides, progress=not args.quiet,
     )
+    target, recipe = check_request(options)  # what the target cannot do is refused before the model loads
+    _preflight_convert(args, target.capabilities.needs_calibration(recipe.name))
     if args.strategy == "auto":
         from ..converters.auto import convert_auto
 
