@@ -237,7 +237,7 @@ class Capabilities:
         context, also when the target quantizes inside `lower`.
     strategies: deploy-form strategies it lowers; refused_strategies: strategy -> the measured reason it is refused
         (shown to the user; a refused strategy is never converted, so no artifact that cannot load is written).
-    extra_tiles: whether one artifact can hold several tile sizes (``--extra-tiles``); square_tiles: only square tiles.
+    extra_tiles: whether one artifact can hold several tile sizes (``--extra-tiles``; tiles are square).
     multi_program: the artifact holds several programs the host orchestrates (the card's ``dispatch`` section).
     requirements: conditions on the model (`Requirement`), e.g. hard dispatch needs cardinality 1.
     """
@@ -250,7 +250,6 @@ class Capabilities:
     strategies: tuple[str, ...] = STRATEGIES
     refused_strategies: dict[str, str] = field(default_factory=dict)
     extra_tiles: bool = True
-    square_tiles: bool = True
     multi_program: bool = False
     requirements: tuple[Requirement, ...] = ()
 
