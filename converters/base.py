@@ -175,6 +175,10 @@ class LoweringResult:
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific card fields (e.g. int8 I/O scales)
     side_files: dict[str, bytes] = field(default_factory=dict)  # debug companions (e.g. ETRecord), not hashed
 
+    def artifact_files(self, artifact: str) -> dict[str, bytes]:
+        """The files that make up ``artifact``: the file itself, or every file under ``artifact/`` (a directory)."""
+        return {n: d for n, d in self.files.items() if n == artifact or n.startswith(artifact + "/")}
+
     def delegation_summary(self) -> "Delegation":
         from nsr_edge.runtime.card import Delegation, FallbackInfo, MethodDelegation
 

@@ -141,7 +141,7 @@ class Conversion:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{self.target.name} lowering failed ({type(e).__name__}): {first[:300]}") from None
         art = self.target.capabilities.artifact
-        if not any(name == art or name.startswith(art + "/") for name in self.lowered.files):
+        if not self.lowered.artifact_files(art):
             raise RuntimeError(f"target {self.target.name} did not produce {art}")
         return self
 
@@ -155,7 +155,7 @@ class Conversion:
         spec = tiling.deploy_spec(o.tile, pad=TILE_PAD)
         first = low.methods[0]
         in_range = [0.0, 1.0] if self.task.name != "denoise" else [None, None]
-        art = {n: d for n, d in low.files.items() if n == caps.artifact or n.startswith(caps.artifact + "/")}
+        art = low.artifact_files(caps.artifact)
         return ModelCard(
             schema=SCHEMA, version=VERSION, created=now_utc(),
             model=ModelInfo(
