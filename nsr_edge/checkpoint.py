@@ -101,6 +101,10 @@ def _check_zip_container(p: Path) -> None:
     from .runtime.coreml_mil.artifacts import check_zip_members
 
     if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip whose central directory is gone: cut short
+                raise CheckpointError(f"{p}: not a readable PyTorch checkpoint: its zip container is truncated or "
+                                      "corrupt (no central directory)")
         return
     size = p.stat().st_size
     try:
@@ -175,6 +179,8 @@ _BLOCK_KEY = re.compile(r"^body\.(\d+)\.body\.0\.weight_v$")
 
 
 def _reference_state_dict(raw: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        raise CheckpointError(f"{path}: already an nsr-edge checkpoint; use it as it is (--model {path})")
     if isinstance(raw, dict) and "model_state_dict" in raw:
         raw = raw["model_state_dict"]
     if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) for k in raw):

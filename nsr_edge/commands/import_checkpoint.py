@@ -29,7 +29,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
         try:
             config = ModelConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError, TypeError) as e:
-            raise UserError(f"--config {args.config}: {e}") from None
+            raise UserError(f"--config {args.config}: {getattr(e, 'strerror', None) or e}") from None
     ckpt = import_reference_checkpoint(args.path, config)
     out = save_checkpoint(ckpt, args.out, force=args.force)
     c = ckpt.config
