@@ -135,6 +135,8 @@ OPTION_CASES = [
     (["train", "--out", "{out}/r", "--temperature", "0"], "--temperature must be a finite number > 0"),
     (["train", "--out", "{out}/r", "--quality", "500"], "--quality must be an integer in 0..100"),
     (["train", "--out", "{out}/r", "--dataset", "nope"], "unknown dataset"),
+    (["train", "--out", "{out}/r", "--batch-size", "4096", "--patch-size", "1024"], "--max-memory-gb"),
+    (["train", "--out", "{out}/r", "--max-memory-gb", "0"], "--max-memory-gb must be a finite number > 0"),
     (["train", "--out", "{out}/r", "--channels", "30", "--cardinality", "16"], "divisible by cardinality"),
     (["train", "--out", "{out}/r", "--sparsity", "{{not json"], "--sparsity is not valid JSON"),
     (["demo", "--out", "{out}/d", "--runs", "0"], "--runs must be an integer >= 1"),

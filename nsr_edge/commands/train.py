@@ -6,8 +6,8 @@ import argparse
 import json
 
 from ..errors import UserError
-from ._common import (NOISE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, THREADS, add_architecture_options,
-                      architecture_overrides, check_dataset, check_writable, float_in, int_in)
+from ._common import (MAX_MEMORY_GB, NOISE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, THREADS,
+                      add_architecture_options, architecture_overrides, check_dataset, check_writable, float_in, int_in)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=POSITIVE, default=500)
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
+                   help="refuse a batch x patch whose estimated training memory exceeds this (default 8 GiB)")
     p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
                    "task), e.g. with --routing straight_through to make a soft-routed model hard")
     p.add_argument("--distill-from", help="teacher: a trained zoo model or checkpoint of the same task and scale "
@@ -122,6 +124,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight if args.distill_from else 0.0,
     )
     check_dataset(cfg.dataset or task.train_set, "training set (--dataset)", args.data_dir)
+    from ..restore import tile_bytes
+
+    need = 3 * cfg.batch_size * tile_bytes(config, cfg.patch_size)  # activations kept for the backward pass
+    if need > args.max_memory_gb * 2**30:
+        raise UserError(f"--batch-size {cfg.batch_size} x --patch-size {cfg.patch_size} needs about "
+                        f"{need / 2**30:.1f} GiB to train, more than --max-memory-gb {args.max_memory_gb:g}; "
+                        "use a smaller batch or patch, or raise --max-memory-gb")
     try:
         summary = describe(cfg)
     except ValueError as e:  # a layer refused the configuration
