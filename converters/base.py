@@ -135,7 +135,7 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     try:
         return RECIPES[name].with_(**overrides) if overrides else RECIPES[name]
     except (TypeError, ValueError) as e:
-        raise UserError(f"recipe {name}: {e}") from None
+        raise UserError(str(e) if str(e).startswith(f"recipe {name}:") else f"recipe {name}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------- targets
@@ -416,7 +416,7 @@ def check_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact"
     ``model.json`` is an nsr-edge model card) or a demo report (``kind="demo"``: its ``results.json`` says so).
     A file in its place, or a place nothing can be written to, is refused. With ``clean``, temporary folders and
     files an interrupted write into ``out`` left next to it are removed (said on stderr)."""
-    from nsr_edge.commands._common import check_writable, clean_interrupted_writes
+    from nsr_edge.runtime.files import check_writable, clean_interrupted_writes
 
     path = Path(out)
     if path.is_symlink() or (path.exists() and not path.is_dir()):

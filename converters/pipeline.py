@@ -191,13 +191,13 @@ class Conversion:
 def check_request(options: ConvertOptions) -> tuple[Target, Recipe]:
     """The target and the resolved recipe, after checking the request against the target's capabilities (what
     needs no model): one-line `UserError` otherwise. ``--strategy auto`` is checked per candidate later."""
-    target = get_target(options.target)
     overrides = dict(options.recipe_overrides)
     if options.calibration_tiles is not None:
         overrides["calibration_tiles"] = options.calibration_tiles
     if options.qat_steps is not None:
         overrides["qat_steps"] = options.qat_steps
-    recipe = get_recipe(options.recipe, **overrides)
+    recipe = get_recipe(options.recipe, **overrides)  # before the target's stack is imported (seconds)
+    target = get_target(options.target)
     caps = target.capabilities
     strategy = caps.strategies[0] if options.strategy == "auto" else options.strategy
     why = caps.refusal(target.name, strategy, recipe.name, (options.tile, *options.extra_tiles))

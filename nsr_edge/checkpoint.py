@@ -98,7 +98,7 @@ def _check_zip_container(p: Path) -> None:
     """A checkpoint is a zip (torch.save's format) of STORED members: refuse, before torch reads it, one whose
     members would expand to more than twice the file (a zip bomb: torch never compresses) or that has absurdly
     many of them. Legacy (non-zip) checkpoints pass through to torch's own checks."""
-    from .runtime.coreml_mil.artifacts import check_zip_members
+    from .runtime.files import check_zip_members
 
     if not zipfile.is_zipfile(p):
         with open(p, "rb") as f:

@@ -39,9 +39,10 @@ class CardError(UserError):
 
 
 def _f(doc: str, default: Any = MISSING, choices: tuple[Any, ...] | None = None, factory: Any = MISSING,
-       readers: str = "") -> Any:
-    """A card field with its documentation (JSON Schema ``description``, docs/model_card.md) and allowed values."""
-    meta = {"doc": doc, "choices": choices, "readers": readers}
+       readers: str = "", min_items: int = 0) -> Any:
+    """A card field with its documentation (JSON Schema ``description``, docs/model_card.md), allowed values and, for
+    a list, the fewest items that make sense."""
+    meta = {"doc": doc, "choices": choices, "readers": readers, "min_items": min_items}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -100,8 +101,8 @@ class TensorSpec:
 
 @dataclass
 class IOSpec:
-    inputs: list[TensorSpec] = _f("the model's inputs (one: the image tile)")
-    outputs: list[TensorSpec] = _f("the model's outputs (one: the restored tile)")
+    inputs: list[TensorSpec] = _f("the model's inputs (one: the image tile)", min_items=1)
+    outputs: list[TensorSpec] = _f("the model's outputs (one: the restored tile)", min_items=1)
 
 
 @dataclass
@@ -138,7 +139,8 @@ class Delegation:
 @dataclass
 class DispatchStage:
     name: str = _f("stage name (``stem``, ``block0.conv0``, ...)")
-    methods: list[str] = _f("program methods: one per bank (the route chooses), or one", readers="dispatch runner, apps")
+    methods: list[str] = _f("program methods: one per bank (the route chooses), or one", readers="dispatch runner, apps",
+                            min_items=1)
     inputs: list[str] = _f("environment names passed to the method, in order", readers="dispatch runner, apps")
     outputs: list[str] = _f("environment names its outputs are stored under, in order", readers="dispatch runner, apps")
     route: str | None = _f("environment name of the logits whose argmax (first index on ties) picks the method; "
@@ -157,7 +159,7 @@ class Dispatch:
     layout: str = _f("memory layout of every program input/output, the tile included", choices=("channels_last",),
                      readers="dispatch runner, apps")
     stages: list[DispatchStage] = _f("the stages, in order; the environment starts with ``tile`` and ends with "
-                                     "``output``", readers="dispatch runner, apps")
+                                     "``output``", readers="dispatch runner, apps", min_items=1)
     routing: str = _f("how the host picks a bank, in words")
     calls_per_tile: int = _f("program calls per tile")
     programs: dict[str, dict[str, Any]] = _f("per program: input shapes, output shape, delegation counts",
@@ -219,7 +221,7 @@ class ModelCard:
                               "``edge_weight``, ``pad_mode``, ``whole_below``", readers="runtime, apps")
     io: IOSpec = _f("inputs and outputs", readers="runtime, apps")
     methods: list[MethodSpec] = _f("entry points; the first is ``forward`` at the card's tile",
-                                   readers="runtime, apps")
+                                   readers="runtime, apps", min_items=1)
     delegation: Delegation = _f("what ran where")
     tools: dict[str, str] = _f("versions of Python, the platform and every package that took part")
     quantization: dict[str, Any] | None = _f("calibration (data set, tiles, seed, tile) of calibrated recipes, "
@@ -305,6 +307,9 @@ def _check(value: Any, tp: Any, path: str, errors: list[str]) -> None:
             choices = f.metadata.get("choices")
             if choices and value[f.name] is not None and value[f.name] not in choices:
                 errors.append(f"{sub}: {value[f.name]!r} is not one of {', '.join(map(str, choices))}")
+            least = f.metadata.get("min_items", 0)
+            if least and isinstance(value[f.name], list) and len(value[f.name]) < least:
+                errors.append(f"{sub}: needs at least {least} item(s), got {len(value[f.name])}")
         return
     if origin is list:
         if not isinstance(value, list):
@@ -567,6 +572,8 @@ def _schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
                     s = {**s, "description": f.metadata["doc"]}
                 if f.metadata.get("choices"):
                     s = {**s, "enum": list(f.metadata["choices"]) + ([None] if f.default is None else [])}
+                if f.metadata.get("min_items"):
+                    s = {**s, "minItems": f.metadata["min_items"]}
                 props[f.name] = s
                 if f.default is MISSING and f.default_factory is MISSING:
                     required.append(f.name)

@@ -1,18 +1,12 @@
 """Helpers shared by the sub-command modules: option types that range-check at parse time (one place for every
-numeric option), and the output rules every writing command follows (`check_output_file`, `clean_interrupted_writes`,
-`check_writable`)."""
+numeric option) and data-set preflight. The output rules every writing command follows live in `runtime.files`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import re
-import shutil
-import sys
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 
 def print_json(data: Any) -> None:
@@ -120,107 +114,6 @@ def tile_spec(tile: int | None, pad: int = 4):
     except ValueError:
         raise UserError(f"--tile must be at least {4 * pad + 1} px (context margins of {pad} px and an overlap of "
                         f"{2 * pad} px on each side), got {tile}") from None
-
-
-# ---------------------------------------------------------------------------------------------------- output rules
-
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?:p(?P<tpid>\d+)-)?[^.]+\.tmp|old-(?P<pid>\d+))$")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def clean_interrupted_writes(out: str | os.PathLike) -> list[Path]:
-    """Remove what an interrupted write into ``out`` left next to it: ``.<name>.*.tmp`` files and folders
-    (atomic_output_dir, runtime.files.atomic_write_bytes, runtime.images) and ``.<name>.old-<pid>`` folders of a
-    replace that was killed between its two renames. Names that carry a process id (``.<name>.p<pid>-*.tmp``,
-    ``.old-<pid>``) are left alone while that process runs. Says so on stderr; returns what it removed."""
-    path = Path(out)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return []
-    removed = []
-    for entry in parent.iterdir():
-        m = _TMP_NAME.match(entry.name)
-        if not m or m.group("name") != path.name or entry.is_symlink():
-            continue
-        pid = m.group("pid") or m.group("tpid")
-        if pid and _alive(int(pid)):  # a write in progress (or a replace) of a running process: not ours to touch
-            continue
-        try:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        except OSError as e:
-            print(f"nsr-edge: warning: cannot remove {entry} left by an interrupted write: {e.strerror or e}",
-                  file=sys.stderr)
-            continue
-        removed.append(entry)
-        print(f"nsr-edge: removed {entry}, left by an interrupted write", file=sys.stderr)
-    return removed
-
-
-def check_writable(folder: str | os.PathLike, what: str = "output folder", need_bytes: int = 0) -> None:
-    """Fail in well under a second, before any long work, if nothing can be written into ``folder`` (the nearest
-    existing ancestor when it does not exist yet): read-only file system, no permission, or less than
-    ``need_bytes`` free."""
-    from ..errors import UserError
-
-    target = Path(folder).absolute()
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UserError(f"{what} {target}: {probe} is a file, not a folder")
-    try:
-        fd = os.open(probe / f".nsr-edge-probe-{os.getpid()}.tmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-        os.unlink(probe / f".nsr-edge-probe-{os.getpid()}.tmp")
-    except OSError as e:
-        raise UserError(f"{what} {target}: cannot write in {probe} ({e.strerror or e}); choose another place") from None
-    if need_bytes:
-        free = shutil.disk_usage(probe).free
-        if free < need_bytes:
-            raise UserError(f"{what} {target}: {free / 2**20:.0f} MiB free in {probe}, about "
-                            f"{need_bytes / 2**20:.0f} MiB needed; free some space or choose another place")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def check_output_file(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike | None] = (),
-                      option: str = "output") -> Path:
-    """The rules for a single output file, checked before any work: it is none of the command's ``inputs`` (even
-    with ``--force``), not a folder, replaced only with ``force``, and its folder is writable; temporary files of
-    an interrupted write of it are removed."""
-    from ..errors import UserError
-
-    path = Path(out)
-    for src in inputs:
-        if src is not None and _same_file(path, Path(src)):
-            raise UserError(f"{option} {path} is also an input of this command; write the result somewhere else")
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; give a file name")
-    if (path.exists() or path.is_symlink()) and not force:
-        raise UserError(f"{path} exists; pass --force to overwrite")
-    if not path.parent.is_dir():
-        raise UserError(f"{option} {path}: folder {path.parent} does not exist")
-    check_writable(path.parent)
-    clean_interrupted_writes(path)
-    return path
 
 
 def check_dataset(name: str, what: str, data_dir: str | None = None, scale: int | None = None) -> None:

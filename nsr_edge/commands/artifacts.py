@@ -10,8 +10,9 @@ from typing import Any
 
 from ..errors import UserError
 from ..reference import reference_fn
-from ._common import (NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, THREADS, TILE, check_dataset, check_writable,
-                      finite_float, print_json)
+from ..runtime.files import check_writable
+from ._common import (NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, THREADS, TILE, check_dataset, finite_float,
+                      print_json)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from ..errors import UserError
-from ._common import MAX_MEMORY_GB, NOISE, POSITIVE_FLOAT, QUALITY, SCALE, TILE, check_output_file, print_json, tile_spec
+from ..runtime.files import check_output_file
+from ._common import MAX_MEMORY_GB, NOISE, POSITIVE_FLOAT, QUALITY, SCALE, TILE, print_json, tile_spec
 
 
 def _progress(enabled: bool):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ._common import check_output_file
+from ..runtime.files import check_output_file
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -6,8 +6,9 @@ import argparse
 import json
 
 from ..errors import UserError
+from ..runtime.files import check_writable
 from ._common import (MAX_MEMORY_GB, NOISE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, THREADS,
-                      add_architecture_options, architecture_overrides, check_dataset, check_writable, float_in, int_in)
+                      add_architecture_options, architecture_overrides, check_dataset, float_in, int_in)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

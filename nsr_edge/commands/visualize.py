@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ._common import MAX_MEMORY_GB, TILE, check_output_file, tile_spec
+from ..runtime.files import check_output_file
+from ._common import MAX_MEMORY_GB, TILE, tile_spec
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

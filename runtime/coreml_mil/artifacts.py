@@ -9,6 +9,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from ..files import check_zip_members
 from .errors import MilError
 from .program import MilPackage, load_mlpackage
 
@@ -28,25 +29,6 @@ def zip_limits() -> tuple[int, int]:
     return members, size
 
 
-def check_zip_members(zf: zipfile.ZipFile, where: str, max_members: int, max_bytes: int,
-                      error: type[Exception] = MilError, why: str | None = None) -> list[zipfile.ZipInfo]:
-    """The members of ``zf`` after checking their count, their declared sizes (zipfile never inflates a member
-    past its declared size) and their names (no absolute paths or ``..``); one-line ``error`` otherwise, ending
-    with ``why`` (default: the environment variables that raise the limits)."""
-    infos = zf.infolist()
-    if len(infos) > max_members:
-        raise error(f"{where}: refused, the zip holds {len(infos)} members (limit {max_members}; "
-                    f"{why or '$NSR_EDGE_MAX_UNZIP_FILES raises it'})")
-    total = sum(i.file_size for i in infos)
-    if total > max_bytes:
-        raise error(f"{where}: refused, the zip's members expand to {total / 2**20:,.0f} MiB (limit "
-                    f"{max_bytes / 2**20:,.0f} MiB; {why or '$NSR_EDGE_MAX_UNZIP_MB raises it'})")
-    for i in infos:
-        if i.filename.startswith(("/", "\\")) or ".." in i.filename.replace("\\", "/").split("/"):
-            raise error(f"{where}: refused, zip member {i.filename!r} points outside the archive")
-    return infos
-
-
 def load_artifact(path: str | os.PathLike) -> MilPackage:
     """A Core ML program from any of: an ``.mlpackage`` folder, its zip (``model.mlpackage.zip``, the coreml
     target's artifact) or an ExecuTorch ``.pte`` whose Core ML delegate payload holds the package (first payload)."""
@@ -58,7 +40,7 @@ def load_artifact(path: str | os.PathLike) -> MilPackage:
     if zipfile.is_zipfile(p):
         try:
             with zipfile.ZipFile(p) as zf:
-                infos = check_zip_members(zf, str(p), *zip_limits())
+                infos = check_zip_members(zf, str(p), *zip_limits(), MilError)
                 names = [i.filename for i in infos if not i.is_dir()]
                 roots = sorted({n.split(".mlpackage/", 1)[0] + ".mlpackage/" for n in names if ".mlpackage/" in n})
                 if not roots:

@@ -95,6 +95,8 @@ def test_other_majors_and_malformed_versions_are_refused_in_one_line(tmp_path, v
     (("strategy",), "magic", "strategy: 'magic' is not one of"),
     (("io", "inputs", 0, "shape"), [1, "3"], r"io.inputs\[0\].shape\[1\]: expected integer"),
     (("model", "task"), None, "model.task: expected an object, got null"),
+    (("methods",), [], "methods: needs at least 1 item"),
+    (("io", "outputs"), [], "io.outputs: needs at least 1 item"),
 ])
 def test_a_field_of_the_wrong_type_names_itself_in_one_line(tmp_path, path, value, message):
     data = minimal_card()
