@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,13 @@ def render(image_chw: np.ndarray, maps: RoutingMaps, spec: TileSpec, out: Path, 
     fig.legend(handles, [f"bank {b}" for b in range(maps.banks)], loc="lower center", ncol=maps.banks, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.p{os.getpid()}-figure.tmp")  # the name runtime.files cleans up after a crash
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def tile_count(h: int, w: int, spec: TileSpec) -> int:
