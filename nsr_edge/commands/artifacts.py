@@ -81,12 +81,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _preflight_convert(args: argparse.Namespace, calibrates: bool) -> None:
-    """Seconds, not minutes: the output folder, the model and the data sets the conversion will read."""
+    """Seconds, not minutes: the model, free space for the artifact and the data sets the conversion will read."""
     from .. import hub
-    from ..converters.base import check_output_dir
     from ..hub import task_of
 
-    check_output_dir(args.out, args.force)
     resolved = hub.resolve(args.model, require_trained=True)
     task = task_of(resolved, guess=True)
     need = 4 * resolved.config.param_estimate() * (1 + len(args.extra_tiles)) + (1 << 20)
@@ -98,6 +96,7 @@ def _preflight_convert(args: argparse.Namespace, calibrates: bool) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..converters.base import check_output_dir
     from ..converters.pipeline import ConvertOptions, check_request, convert
 
     overrides: dict[str, Any] = {}
@@ -109,6 +108,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         calibration_dataset=args.calibration_dataset, data_dir=args.data_dir, qat_steps=args.qat_steps,
         qat_dir=args.qat_dir, recipe_overrides=overrides, progress=not args.quiet,
     )
+    check_output_dir(args.out, args.force)  # paths first: no heavy import has happened yet (well under a second)
+    check_writable(args.out, "--out")
     target, recipe = check_request(options)  # what the target cannot do is refused before the model loads
     _preflight_convert(args, target.capabilities.needs_calibration(recipe.name))
     if args.strategy == "auto":
