@@ -5,20 +5,26 @@ RUNTIME_VENV := .venv-runtime
 PY := $(VENV)/bin/python
 RPY := $(RUNTIME_VENV)/bin/python
 
-.PHONY: demo test test-full test-runtime setup setup-runtime clean-venvs
+.PHONY: demo test test-full test-runtime test-apps setup setup-runtime clean-venvs
 
 # The main job on the bundled default model (set-up included).
 demo: setup
 	$(VENV)/bin/nsr-edge demo --out out/demo --force
 
 # All tests (set-up included): the full toolkit, then runtime/ again in a venv without torch.
-test: test-full test-runtime
+test: test-full test-runtime test-apps
 
 test-full: setup
 	$(PY) -m pytest -q
 
 test-runtime: setup-runtime
 	NSR_EDGE_EXPECT_NO_TORCH=1 $(RPY) -m pytest -q -p no:cacheprovider tests/runtime
+
+# The demo apps' tiling cores: the Kotlin one compiles and passes its JUnit tests here (Debian's kotlin 1.3, one
+# kotlinc call, ~40 s with the install); the Swift one needs a Swift toolchain (ios_demo/README.md).
+test-apps:
+	command -v kotlinc >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends kotlin junit4 libandroid-json-java >/dev/null)
+	android_demo/tiling-core/run_tests.sh
 
 setup: $(VENV)/.installed
 setup-runtime: $(RUNTIME_VENV)/.installed
