@@ -159,10 +159,13 @@ def _bank_conv(sparse: Any, i: int):
     return conv
 
 
-def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True) -> DispatchPlan:
+def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True,
+               target: str = "target executorch-dispatch", dense_hint: str = "use --target executorch for dense models"
+               ) -> DispatchPlan:
     """Split a deploy-form WDSR-NSR (`nsr_edge.deploy.to_deploy`, any strategy: heads and banks are the same) into
     dispatch programs. ``mode`` None: ``block`` for shared-routing models, else ``layer``. ``fuse_tail``: the tail runs
-    inside the last routed stage's programs (k copies of its small convs, one call fewer per tile)."""
+    inside the last routed stage's programs (k copies of its small convs, one call fewer per tile). ``target`` and
+    ``dense_hint`` word the refusals for the target that asks."""
     import copy
 
     from torch import nn
@@ -174,10 +177,9 @@ def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True) -> 
     config = getattr(deploy, "config", None)
     body = getattr(deploy, "body", None)
     if config is None or body is None or not config.is_sparse:
-        raise UserError("target executorch-dispatch lowers WDSR-NSR models (sparse convs); use --target executorch "
-                        "for dense models")
+        raise UserError(f"{target} lowers WDSR-NSR models (sparse convs); {dense_hint}")
     if config.cardinality != 1:
-        raise UserError(f"target executorch-dispatch needs cardinality d=1 (one bank per tile and layer); this model "
+        raise UserError(f"{target} needs cardinality d=1 (one bank per tile and layer); this model "
                         f"has d={config.cardinality}: it would need {config.banks}^{config.cardinality} programs per layer")
     shared = config.routing.shared
     mode = mode or ("block" if shared else "layer")
@@ -191,7 +193,7 @@ def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True) -> 
     head, last = body[0], body[len(body) - 1]
     for m in blocks:
         if not all(isinstance(c, DeploySparseConv) for c in (m.body[0], m.body[2])):
-            raise UserError("executorch-dispatch: every residual block must hold two sparse convs")
+            raise UserError(f"{target}: every residual block must hold two sparse convs")
     heads = []  # the router that chooses each block's first conv's bank: on the block input
     for m in blocks:
         heads.append(m.body[0].head)
@@ -287,20 +289,18 @@ def _float_filter(program: Any, fp32_parts: tuple[str, ...]):
 MIN_BANK_TILES = 16
 
 
-def quantize_plan(plan: DispatchPlan, tiles: Any, recipe: Recipe, min_bank_tiles: int = MIN_BANK_TILES) -> dict[str, Any]:
-    """PT2E-quantize every program on its own inputs: a bank program on the calibration tiles routed to it, or, when
-    fewer than ``min_bank_tiles`` chose it, on all the tiles that reached its stage (a handful of tiles gives ranges
-    that clip the tiles a device will route there). Returns the converted modules by name and a calibration summary."""
+def calibration_inputs(plan: DispatchPlan, tiles: Any, min_bank_tiles: int = MIN_BANK_TILES
+                       ) -> tuple[dict[str, list[tuple]], dict[str, Any]]:
+    """Each program's calibration inputs (argument tuples, channels-last torch tensors), from the calibration tiles
+    pushed through the FP32 plan: a bank program gets the tiles routed to it, or, when fewer than ``min_bank_tiles``
+    chose it, every tile that reached its stage; and the card's calibration summary. Shared by every target that
+    quantizes a plan per program (executorch-dispatch, litert --strategy hard)."""
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     record: dict[str, list] = {}
     for t in tiles:
         run_programs(plan.programs, plan.stages, torch.from_numpy(t[None].copy()), record)
-    config = get_symmetric_quantization_config(is_per_channel=recipe.per_channel)
-    converted: dict[str, Any] = {}
+    inputs: dict[str, list[tuple]] = {}
     counts: dict[str, int] = {}
     borrowed: list[str] = []
     for st in plan.stages:
@@ -312,19 +312,36 @@ def quantize_plan(plan: DispatchPlan, tiles: Any, recipe: Recipe, min_bank_tiles
                 own = [args for _, args in seen]
                 if len(st["methods"]) > 1:
                     borrowed.append(name)
-            module = plan.programs[name]
-            quantizer = XNNPACKQuantizer().set_global(config)
-            quantizer.set_filter_function(_float_filter(module, recipe.fp32_parts))
-            gm = torch.export.export(module, tuple(own[0])).module()
-            prepared = prepare_pt2e(gm, quantizer)
-            with torch.no_grad():
-                for args in own:
-                    prepared(*args)
-            converted[name] = convert_pt2e(prepared)
+            inputs[name] = own
     summary = {"tiles": int(len(tiles)), "per_program_tiles": counts, "per_bank": True,
                "min_bank_tiles": min_bank_tiles}
     if borrowed:
         summary["calibrated_on_stage_tiles"] = borrowed
+    return inputs, summary
+
+
+def quantize_plan(plan: DispatchPlan, tiles: Any, recipe: Recipe, min_bank_tiles: int = MIN_BANK_TILES) -> dict[str, Any]:
+    """PT2E-quantize every program on its own inputs: a bank program on the calibration tiles routed to it, or, when
+    fewer than ``min_bank_tiles`` chose it, on all the tiles that reached its stage (a handful of tiles gives ranges
+    that clip the tiles a device will route there). Returns the converted modules by name and a calibration summary."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    inputs, summary = calibration_inputs(plan, tiles, min_bank_tiles)
+    config = get_symmetric_quantization_config(is_per_channel=recipe.per_channel)
+    converted: dict[str, Any] = {}
+    for name, own in inputs.items():
+        module = plan.programs[name]
+        quantizer = XNNPACKQuantizer().set_global(config)
+        quantizer.set_filter_function(_float_filter(module, recipe.fp32_parts))
+        gm = torch.export.export(module, tuple(own[0])).module()
+        prepared = prepare_pt2e(gm, quantizer)
+        with torch.no_grad():
+            for args in own:
+                prepared(*args)
+        converted[name] = convert_pt2e(prepared)
     return {"modules": converted, "calibration": summary}
 
 
@@ -380,6 +397,17 @@ def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = No
         card["calibration"] = q["calibration"]
     examples = program_examples(plan, example)
     pte, methods = lower_programs(modules, examples)
+    return pte, plan_section(plan, recipe, examples, methods, card.get("calibration")), methods, plan.notes
+
+
+def plan_section(plan: DispatchPlan, recipe: Recipe, examples: dict[str, tuple], methods: list[LoweredMethod],
+                 calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card's ``target_extra.dispatch`` (`nsr_edge.runtime.card.Dispatch`): the plan, each program's input
+    shapes (NCHW; memory order per ``layout``) and delegation, and the precisions. One shape for every target that
+    runs a plan, so apps follow one orchestration."""
+    card = plan.card()
+    if calibration is not None:
+        card["calibration"] = calibration
     card["programs"] = {m.name: {"inputs": [list(a.shape) for a in examples[m.name]], "output_shape": m.output_shape,
                                  "delegated_ops": m.delegated_ops, "total_ops": m.total_ops,
                                  "partitions": m.partitions,
@@ -387,7 +415,23 @@ def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = No
                         for m in methods}
     card["io_dtype"] = "float32"
     card["routers"] = "float32" if (not recipe.quantized or "routing" in recipe.fp32_parts) else "int8"
-    return pte, card, methods, plan.notes
+    return card
+
+
+def forward_method(example: Any, model: Any, methods: list[LoweredMethod]) -> LoweredMethod:
+    """The card's ``forward``: the whole network as the host orchestrates it (what validate/profile run), with the
+    programs' delegation summed (one fallback line per op kind over all programs)."""
+    import torch
+
+    with torch.no_grad():
+        out_shape = list(model(example).shape)
+    outside: dict[str, Fallback] = {}
+    for f in (f for m in methods for f in m.fallbacks):
+        prev = outside.get(f.op)
+        outside[f.op] = Fallback(f.op, f.count + (prev.count if prev else 0), f.reason)
+    return LoweredMethod("forward", list(example.shape), out_shape,
+                         sum(m.delegated_ops for m in methods), sum(m.total_ops for m in methods),
+                         sum(m.partitions for m in methods), list(outside.values()))
 
 
 @register_target
@@ -424,23 +468,12 @@ class ExecuTorchDispatchTarget:
         pte, dispatch, methods, notes = dispatch_artifact(model, x, context.recipe, context.calibration_tiles)
         for n in notes:
             print(f"executorch-dispatch: warning: {n}", file=sys.stderr)
-        import torch
-
-        plan_in = list(x.shape)
-        with torch.no_grad():
-            out_shape = list(model(x).shape)
-        # "forward" is the orchestrated whole network (what validate/profile run); the programs are in the card.
-        outside: dict[str, Fallback] = {}  # one line per op kind over all programs
-        for f in (f for m in methods for f in m.fallbacks):
-            prev = outside.get(f.op)
-            outside[f.op] = Fallback(f.op, f.count + (prev.count if prev else 0), f.reason)
-        fwd = LoweredMethod("forward", plan_in, out_shape,
-                            sum(m.delegated_ops for m in methods), sum(m.total_ops for m in methods),
-                            sum(m.partitions for m in methods), list(outside.values()))
+        fwd = forward_method(x, model, methods)  # "forward" is the orchestrated whole network; the programs: the card
         notes = notes + [f"{len(methods)} programs in one .pte, {dispatch['calls_per_tile']} calls per tile "
                          f"({dispatch['mode']} dispatch); forward is the host orchestration in the card"]
         return LoweringResult({self.capabilities.artifact: pte}, [fwd], "XNNPACK", notes, extra={"dispatch": dispatch})
 
 
-__all__ = ["MODES", "DispatchPlan", "build_plan", "run_programs", "quantize_plan", "lower_programs",
-           "program_examples", "dispatch_artifact", "ExecuTorchDispatchTarget"]
+__all__ = ["MODES", "DispatchPlan", "build_plan", "run_programs", "calibration_inputs", "quantize_plan",
+           "lower_programs", "program_examples", "plan_section", "forward_method", "dispatch_artifact",
+           "ExecuTorchDispatchTarget"]

@@ -25,11 +25,12 @@ Numpy only (no runtime, no torch): it runs on devices and in the torch-free test
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .card import Dispatch
+from .card import CARD_FILE, Dispatch, ModelCard, load_card
 from .errors import UserError
 
 LAYOUTS = ("channels_last", "contiguous")
@@ -138,9 +139,65 @@ class DispatchLoop:
         return from_layout(out, self.layout), routes
 
 
+def load_plan(artifact: str | Path, target: str) -> tuple[ModelCard, Dispatch]:
+    """The card beside ``artifact`` and its checked dispatch plan; one line when either is missing (``target``: the
+    conversion that writes one, for the hint)."""
+    folder = Path(artifact).parent
+    if not (folder / CARD_FILE).is_file():
+        raise UserError(f"{artifact}: a dispatch artifact needs its model card ({CARD_FILE}) next to it")
+    card = load_card(folder)
+    plan = card.dispatch
+    if plan is None or not plan.stages:
+        raise UserError(f"{folder / CARD_FILE}: no dispatch plan (target_extra.dispatch); convert with {target}")
+    check_plan(plan, where=str(folder / CARD_FILE))
+    return card, plan
+
+
+class RoutedSession:
+    """Mixin for runner sessions (`runners.session.Session`) that run a plan with ``self.loop`` (a `DispatchLoop`)
+    one tile per call: ``_execute`` is the loop, and ``last_routes`` holds the chosen banks per tile of the last
+    ``run``. The runner's ``_finish`` calls ``_keep_routes()``."""
+
+    loop: DispatchLoop | None = None
+    layout: str
+    last_routes: list[list[int]]
+    _routes: list[int]
+
+    def _open_plan(self, path: str, method: str, target: str) -> tuple[ModelCard, Dispatch]:
+        """The card and plan beside ``path`` (`load_plan`); ``layout`` set. Only ``forward`` is an entry point."""
+        if method != "forward":
+            raise UserError(f"dispatch artifacts have one entry point, 'forward' (the orchestration), not {method!r}")
+        card, plan = load_plan(path, target)
+        self.layout = plan.layout
+        return card, plan
+
+    def _start(self, card: ModelCard) -> None:
+        """The session's shapes from the card's ``forward`` (the orchestrated network, one tile per call)."""
+        fwd = card.methods[0]
+        self.input_shape = (1, *(int(s) for s in fwd.input_shape[1:]))
+        self.output_shape = (1, *(int(s) for s in fwd.output_shape[1:]))
+        self.last_routes, self._routes = [], []
+
+    def _execute(self, x: Any) -> Any:
+        out, self._routes = self.loop.execute(x)
+        return out
+
+    def _keep_routes(self) -> None:
+        self.last_routes.append(self._routes)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.last_routes = []  # chosen bank per routed stage, per tile of this batch
+        return super().run(batch)  # type: ignore[misc]
+
+    def routes(self, batch: np.ndarray) -> list[list[int]]:
+        """Chosen bank per routed stage, per tile (after running ``batch``)."""
+        self.run(batch)
+        return self.last_routes
+
+
 def run_tile(plan: Dispatch, call: Call, tile: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """One NCHW float32 tile through ``plan`` with ``call``: (NCHW float32 output, chosen bank per routed stage)."""
     return DispatchLoop(plan, call).run_tile(tile)
 
 
-__all__ = ["LAYOUTS", "Call", "DispatchLoop", "run_tile", "parse_plan", "check_plan", "to_layout", "from_layout"]
+__all__ = ["LAYOUTS", "Call", "DispatchLoop", "RoutedSession", "run_tile", "load_plan", "parse_plan", "check_plan", "to_layout", "from_layout"]

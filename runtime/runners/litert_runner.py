@@ -5,6 +5,11 @@ kernels) is used where ai-edge-litert is not installed. One file per method (`me
 ``forward``, the card's tile, ``model_<method>.tflite`` each extra tile), like the ONNX Runtime runner. Inputs and
 outputs are NCHW float32 at the session boundary; an int8 model I/O is quantized/dequantized here with the scale and
 zero point the interpreter reports (outside the timed call).
+
+A hard-routed artifact (``litert --strategy hard``: one ``model.tflite`` with one signature per program, and the
+card's ``target_extra.dispatch`` plan) opens as `LiteRTDispatchSession`: the plan runs in the one dispatch loop
+(`runtime.dispatch`), each program call is the signature's runner; values are NHWC float32 numpy arrays (the plan's
+``channels_last`` layout).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..card import CARD_FILE, read_card_json
+from ..dispatch import DispatchLoop, RoutedSession, check_plan, from_layout, to_layout
 from ..errors import UserError
 from .session import Session
 
@@ -47,12 +54,7 @@ class LiteRTSession(Session):
             file = file.parent / method_file(method)
         if not file.is_file():
             raise UserError(f"{file}: no such LiteRT file (method {method!r})")
-        try:
-            self.interpreter = interpreter(model_path=str(file), num_threads=self.threads if self.threads > 0 else None)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:  # the interpreter's errors for malformed or unsupported models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{file}: not a loadable LiteRT model ({first[:160]})") from None
+        self.interpreter = _open(interpreter, file, self.threads)
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{file}: {len(inputs)} inputs / {len(outputs)} outputs, expected one image in and one out")
@@ -83,6 +85,69 @@ class LiteRTSession(Session):
         self.interpreter = None
 
 
-open_session = LiteRTSession
+def _open(interpreter: Any, file: Path, threads: int, allocate: bool = True) -> Any:
+    try:
+        interp = interpreter(model_path=str(file), num_threads=threads if threads > 0 else None)
+        if allocate:
+            interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:  # the interpreter's errors for malformed or unsupported models
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{file}: not a loadable LiteRT model ({first[:160]})") from None
+    return interp
 
-__all__ = ["LiteRTSession", "open_session", "method_file", "interpreter_class"]
+
+class LiteRTDispatchSession(RoutedSession, Session):
+    """A hard-routed ``.tflite``: one signature per program, orchestrated by the card's plan."""
+
+    kind = "LiteRT"
+    interpreter: Any = None
+
+    def _load(self, path: str, method: str) -> None:
+        card, plan = self._open_plan(path, method, "--target litert --strategy hard")
+        self.interpreter = _open(interpreter_class(), Path(path), self.threads, allocate=False)
+        signatures = self.interpreter.get_signature_list()
+        check_plan(plan, signatures, where=path)
+
+        def resolve(name: str) -> Any:
+            runner = self.interpreter.get_signature_runner(name)
+            order = lambda names: sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))  # noqa: E731 - args_0, ...
+            return runner, order(signatures[name]["inputs"]), order(signatures[name]["outputs"])
+
+        def call(program: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+            runner, names, outputs = program
+            result = runner(**dict(zip(names, inputs)))  # copies of the outputs
+            return [result[n] for n in outputs]
+
+        self.loop = DispatchLoop(plan, call, resolve=resolve)
+        self._start(card)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return to_layout(x, self.layout)
+
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        self._keep_routes()
+        return from_layout(out, self.layout)
+
+    def _release(self) -> None:
+        self.loop = None
+        self.interpreter = None
+
+
+def _has_plan(path: str) -> bool:
+    card = Path(path).parent / CARD_FILE
+    if not card.is_file():
+        return False
+    try:
+        return "dispatch" in (read_card_json(card.parent).get("target_extra") or {})
+    except (UserError, OSError, ValueError, AttributeError):
+        return False  # an unreadable card: the plain session's own errors say what is wrong with the file
+
+
+def open_session(path: str, method: str = "forward", threads: int = 1, etdump: str | None = None,
+                 debug_buffer: str | None = None, debug_buffer_size: int = 0) -> Session:
+    """`LiteRTDispatchSession` where the card beside ``path`` has a dispatch plan, else `LiteRTSession`."""
+    cls = LiteRTDispatchSession if _has_plan(path) else LiteRTSession
+    return cls(path, method, threads, etdump, debug_buffer, debug_buffer_size)
+
+
+__all__ = ["LiteRTSession", "LiteRTDispatchSession", "open_session", "method_file", "interpreter_class"]
