@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "visualize",  # visualize-routing
     "artifacts",  # convert, validate, profile
     "demo",
+    "app_assets",  # export-app-assets
 )
 
 
