@@ -225,6 +225,18 @@ class Requirement:
     name: str
     holds: Callable[[ModelFacts], bool]
     why: str
+    strategies: tuple[str, ...] = ()  # the strategies it applies to (empty: all)
+
+
+HARD_DISPATCH_REQUIREMENTS = (
+    Requirement("sparse", lambda m: m.sparse,
+                "hard dispatch lowers WDSR-NSR models (sparse convs); a dense model has no banks to route "
+                "(convert it with --strategy output-mix)", ("hard",)),
+    Requirement("cardinality-1", lambda m: m.cardinality == 1,
+                "hard dispatch needs cardinality d=1 (one bank per tile and layer; d>1 would need k^d programs per "
+                "layer)", ("hard",)),
+)
+"""What host dispatch of hard-routed models asks of a model, on every target that dispatches."""
 
 
 @dataclass(frozen=True)
@@ -285,14 +297,14 @@ class Capabilities:
             return f"target {target} writes one tile size per artifact (no --extra-tiles)"
         if model is not None:
             for req in self.requirements:
-                if not req.holds(model):
+                if (not req.strategies or strategy in req.strategies) and not req.holds(model):
                     return f"target {target}: {req.why}"
         return None
 
     def to_dict(self) -> dict[str, Any]:
         """For `nsr-edge targets --json` and docs: everything but the requirement functions."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "requirements"}
-        d["requirements"] = [{"name": r.name, "why": r.why} for r in self.requirements]
+        d["requirements"] = [{"name": r.name, "why": r.why, "strategies": list(r.strategies)} for r in self.requirements]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -304,6 +316,7 @@ class LoweringContext:
     target's `pt2e_quantizer`); False for fp32 and for recipes the target quantizes inside `lower`.
     calibration_tiles: float32 array (N, C, T, T) cut from real images by the pipeline for the recipes in
     ``capabilities.calibrated_recipes`` (else None). task: the model's `TaskSpec`. progress: show progress bars.
+    strategy: the deploy-form strategy of ``module`` (``hard``: a target that dispatches builds its programs).
     """
 
     recipe: Recipe
@@ -311,6 +324,7 @@ class LoweringContext:
     calibration_tiles: Any = None
     task: Any = None
     progress: bool = False
+    strategy: str = "output-mix"  # the deploy-form strategy ``module`` was made with
 
 
 @runtime_checkable
@@ -477,7 +491,7 @@ def atomic_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact
 
 
 __all__ = [
-    "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "Capabilities",
+    "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "HARD_DISPATCH_REQUIREMENTS", "Capabilities",
     "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
     "TARGET_MODULES", "register_target", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
 ]

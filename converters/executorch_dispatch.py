@@ -29,7 +29,8 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, Requirement, register_target
+from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
+                   Recipe, register_target)
 
 MODES = ("layer", "block")
 LAYOUT = "channels_last"  # of every program input and output, the tile included (the card's dispatch.layout)
@@ -442,12 +443,7 @@ class ExecuTorchDispatchTarget:
         calibrated_recipes=("int8-ptq",),  # quantizes per program in lower(), on the pipeline's calibration tiles
         strategies=("hard",),  # hard (top-1) routing, dispatched per tile on the host
         extra_tiles=False, multi_program=True,
-        requirements=(
-            Requirement("sparse", lambda m: m.sparse,
-                        "it lowers WDSR-NSR models (sparse convs); use --target executorch for dense models"),
-            Requirement("cardinality-1", lambda m: m.cardinality == 1,
-                        "it needs cardinality d=1 (one bank per tile and layer; d>1 would need k^d programs per layer)"),
-        ),
+        requirements=HARD_DISPATCH_REQUIREMENTS,
     )
 
     def check_available(self) -> None:

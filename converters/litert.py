@@ -27,17 +27,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.litert_runner import interpreter_class, method_file  # one naming rule for both sides
 
-from .base import (Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name,
-                   register_target)
+from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
+                   Recipe, method_name, register_target)
 
 @contextmanager
 def _quiet_progress(show: bool) -> Iterator[None]:
@@ -261,14 +259,6 @@ def convert_programs(modules: dict[str, Any], examples: dict[str, tuple], progre
         return bytes(converter.convert().model_content())
 
 
-def is_hard(model: Any) -> bool:
-    """The deploy form of ``--strategy hard`` (its sparse convs are `HardRoutedConv`): the context does not carry the
-    strategy, the module says it."""
-    from nsr_edge.deploy import HardRoutedConv
-
-    return any(isinstance(m, HardRoutedConv) for m in model.modules())
-
-
 def lower_hard(model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
     """``--strategy hard``: executorch-dispatch's plan (build_plan), one signature per program, INT8 per signature
     (AEQ, each program calibrated on its own inputs: calibration_inputs), the card's ``dispatch`` section
@@ -405,6 +395,7 @@ class LiteRTTarget:
     capabilities = Capabilities(
         artifact="model.tflite", runner="litert", recipes=("fp32", "int8-ptq"), calibrated_recipes=("int8-ptq",),
         strategies=("output-mix", "kernel-mix", "hard"),  # hard: host dispatch over per-bank signatures (d=1)
+        requirements=HARD_DISPATCH_REQUIREMENTS,
     )
 
     def check_available(self) -> None:
@@ -422,7 +413,7 @@ class LiteRTTarget:
     def lower(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
         import torch
 
-        if is_hard(model):
+        if context.strategy == "hard":
             return lower_hard(model, examples, context)
         recipe = context.recipe
         exclusions = fp32_regexes(model, recipe.fp32_parts) if recipe.quantized else {}

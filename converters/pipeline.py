@@ -132,7 +132,8 @@ class Conversion:
         examples = [torch.rand(1, c, t, t, generator=torch.Generator().manual_seed(0))
                     for t in (self.options.tile, *self.options.extra_tiles)]
         context = LoweringContext(self.recipe, quantized=self.module is not self.deploy,
-                                  calibration_tiles=self.tiles, task=self.task, progress=self.options.progress)
+                                  calibration_tiles=self.tiles, task=self.task, progress=self.options.progress,
+                                  strategy=self.options.strategy)
         try:
             self.lowered = self.target.lower(self.module, examples, context)
         except UserError:

@@ -28,10 +28,10 @@ def test_base_strategies_are_the_deploy_forms():
      "target executorch-dispatch lowers strategy hard only (pass --strategy hard)", False),
     (["--model", "nsr_sr_x2_hard", "--target", "executorch-dispatch", "--strategy", "hard", "--extra-tiles", "48"],
      "one tile size per artifact", False),
-    (["--model", "nsr_sr_x2", "--target", "litert", "--strategy", "hard"],
-     "target litert refuses --strategy hard", False),
+    (["--model", "dense_sr_x2_eqmacs", "--target", "litert", "--strategy", "hard"],
+     "target litert: hard dispatch lowers WDSR-NSR models", True),
     (["--model", "dense_sr_x2_eqmacs", "--target", "executorch-dispatch", "--strategy", "hard"],
-     "target executorch-dispatch: it lowers WDSR-NSR models", True),
+     "target executorch-dispatch: hard dispatch lowers WDSR-NSR models", True),
 ])
 def test_requests_a_target_cannot_serve_are_refused_first_in_one_line(tmp_path, monkeypatch, argv, message,
                                                                       needs_model):
@@ -65,6 +65,18 @@ def test_targets_command_lists_every_target_with_its_capabilities():
     assert listed["executorch-dispatch"]["capabilities"]["multi_program"] is True
     assert [r["name"] for r in listed["executorch-dispatch"]["capabilities"]["requirements"]] == [
         "sparse", "cardinality-1"]
+
+
+def test_requirements_apply_to_their_strategies_only():
+    from nsr_edge.converters.base import HARD_DISPATCH_REQUIREMENTS, ModelFacts
+
+    caps = Capabilities(artifact="m.bin", runner="x", recipes=("fp32",), requirements=HARD_DISPATCH_REQUIREMENTS)
+    d4 = ModelFacts("wdsr_nsr", 2, 3, sparse=True, cardinality=4)
+    dense = ModelFacts("wdsr", 2, 3, sparse=False)
+    assert "cardinality d=1" in caps.refusal("t", "hard", "fp32", (32,), d4)
+    assert "WDSR-NSR" in caps.refusal("t", "hard", "fp32", (32,), dense)
+    assert caps.refusal("t", "output-mix", "fp32", (32,), d4) is None
+    assert caps.refusal("t", "output-mix", "fp32", (32,), dense) is None
 
 
 def test_capabilities_are_checked_when_declared():
