@@ -126,8 +126,8 @@ def plan_exports(args: argparse.Namespace) -> list[tuple[str, str, Variant, Path
 
 
 def copy_artifact_folder(src: Path, dest: Path, force: bool) -> Path:
-    """Copy the artifact the card in ``src`` names and the card itself into ``dest``, atomically; the card's digest
-    is checked on the copy before it is renamed into place."""
+    """Copy the artifact the card in ``src`` names (and its per-tile files), and the card itself into ``dest``,
+    atomically; the card's digest is checked on the copy before it is renamed into place."""
     from ..converters.base import atomic_output_dir
     from ..runtime.card import load_card
     from ..runtime.files import path_digest
@@ -140,6 +140,11 @@ def copy_artifact_folder(src: Path, dest: Path, force: bool) -> Path:
         else:
             shutil.copy2(src / name, tmp / name)
         shutil.copy2(src / ARTIFACT_AND_CARD, tmp / ARTIFACT_AND_CARD)
+        suffix = Path(name).suffix
+        for method in card.methods[1:]:  # LiteRT / ONNX: one file per extra tile (`model_<method>.tflite`)
+            extra = src / f"model_{method.name}{suffix}"
+            if extra.is_file():
+                shutil.copy2(extra, tmp / extra.name)
         digest = path_digest(tmp / name)
         if digest["sha256"] != card.artifact.sha256:
             raise UserError(f"{tmp / name}: the copy differs from the card's SHA-256 (disk full or a concurrent "
