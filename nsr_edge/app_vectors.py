@@ -66,6 +66,8 @@ APP_FIELDS = [
 # name -> (checkpoint, convert options)
 CARDS = {
     "executorch_fp32": ("sr_x2", dict(target="executorch", tile=24)),
+    "executorch_int8": ("sr_x2", dict(target="executorch", recipe="int8-ptq", tile=24, calibration_tiles=8,
+                                      calibration_dataset="set5")),
     "dispatch_fp32": ("sr_x2_hard", dict(target="executorch-dispatch", strategy="hard", tile=24)),
     "onnxruntime_gray": ("denoise_gray", dict(target="onnxruntime", tile=32)),
     "litert_fp32": ("sr_x2", dict(target="litert", tile=24)),
