@@ -361,6 +361,9 @@ TARGET_MODULES: dict[str, str] = {
 }
 """Target name -> module defining it (imported on first use, so a missing optional stack fails only its target)."""
 
+TARGET_ALIASES: dict[str, str] = {"tflite": "litert"}
+"""Names users know a target by -> its registry name (cards always record the registry name)."""
+
 _TARGETS: dict[str, Target] = {}
 
 
@@ -396,7 +399,9 @@ def describe_targets() -> list[dict[str, Any]]:
 
 
 def get_target(name: str) -> Target:
-    """The target named ``name``, importing its module on first use; one-line `UserError` otherwise."""
+    """The target named ``name`` (or one of its `TARGET_ALIASES`), importing its module on first use; one-line
+    `UserError` otherwise."""
+    name = TARGET_ALIASES.get(name, name)
     if name not in TARGET_MODULES:
         raise UserError(f"unknown target {name!r}; known: {', '.join(TARGET_MODULES)}")
     if name not in _TARGETS:
@@ -493,5 +498,5 @@ def atomic_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact
 __all__ = [
     "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "HARD_DISPATCH_REQUIREMENTS", "Capabilities",
     "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
-    "TARGET_MODULES", "register_target", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
+    "TARGET_MODULES", "TARGET_ALIASES", "register_target", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
 ]

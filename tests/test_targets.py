@@ -110,3 +110,9 @@ def test_every_target_lowers_with_the_one_signature():
         params = list(inspect.signature(target.lower).parameters)
         assert params == ["module", "examples", "context"] or params == ["model", "examples", "context"], (name, params)
     assert LoweringContext(get_recipe("fp32")).calibration_tiles is None
+
+
+def test_aliases_name_the_registered_target():
+    assert get_target("tflite") is get_target("litert")
+    assert "unknown target 'tpu'" in one_line_error(run_cli("convert", "--model", "nsr_sr_x2", "--target", "tpu",
+                                                            "--out", "/tmp/never-written"))
