@@ -162,6 +162,14 @@ def test_int8_quantizes_exactly_the_bank_convs_and_records_it(arts):
     assert q["fp32_parts"]["residual"] == SOFT.blocks and q["fp32_parts"]["output"] == 3
     ops = card["target_extra"]["onnx"]["ops"]
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    # float parts read float tensors: QDQ's one dequantized copy of the residual stream feeds only the bank conv,
+    # not the block's identity Add or the routing head's mean (else `residual`/`routing` would be rounded to int8)
+    import onnx
+
+    graph = onnx.load(str(arts["int8"] / "model.onnx")).graph
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    readers = {n.op_type for n in graph.node if any(i in dq for i in n.input)}
+    assert readers == {"Conv", "Mul"}, readers  # the bank convs (input, weight) and the gates (bank conv outputs)
     # routing only in float: the head, tail and skip convs are int8 too, and so are the residual and output adds
     q = read_card_json(arts["int8-routing-only"])["target_extra"]["onnx"]["quantization"]
     assert set(q["fp32_parts"]) == {"routing"} and q["quantized_ops"]["Conv"] == 2 * SOFT.blocks + 3
