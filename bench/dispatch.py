@@ -19,14 +19,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
-from nsr_edge.runtime.card import artifact_path, load_card  # noqa: E402
-from nsr_edge.runtime.runners.child import RunnerProcess  # noqa: E402
+from nsr_edge.runtime.card import load_card  # noqa: E402
+from nsr_edge.runtime.profile import time_interleaved  # noqa: E402
 
 def eqparams_model() -> str:
     return "dense_sr_x2_eqparams" if (ROOT / "zoo/dense_sr_x2_eqparams/model.pt").is_file() else \
@@ -106,25 +105,7 @@ def main() -> int:
         return 0
 
     # ---------------------------------------------------------------- latency: interleaved rounds, one process each
-    x = np.random.default_rng(0).random((1, 3, args.tile, args.tile), dtype=np.float32)
-    procs = {}
-    try:
-        for name, folder in folders.items():
-            card = load_card(folder)
-            procs[name] = RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1)
-        times: dict[str, list[float]] = {n: [] for n in procs}
-        for p in procs.values():
-            p.time(x, 2, 2)
-        load_before = os.getloadavg()
-        for r in range(args.rounds):
-            order = list(procs) if r % 2 == 0 else list(reversed(procs))
-            for n in order:
-                times[n] += procs[n].time(x, args.runs_per_round, 1)
-        load_after = os.getloadavg()
-    finally:
-        for p in procs.values():
-            p.close()
-    lat = {n: {"min_ms": 1e3 * min(t), "median_ms": 1e3 * float(np.median(t)), "n": len(t)} for n, t in times.items()}
+    lat, load_before, load_after = time_interleaved(folders, args.rounds, args.runs_per_round)
 
     (work / "latency.json").write_text(json.dumps({"latency": lat, "load": [load_before, load_after]}, indent=1))
 
@@ -169,7 +150,7 @@ def main() -> int:
         + " | ".join(f"{d} Y-PSNR | vs soft" for d in args.sets) + " |",
         "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(args.sets),
     ]
-    for name in procs:
+    for name in lat:
         card = load_card(folders[name])
         calls = card.dispatch.calls_per_tile if card.dispatch else 1
         cells = []

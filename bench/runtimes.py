@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime.card import artifact_path, load_card
-from nsr_edge.runtime.runners.child import RunnerProcess
+from nsr_edge.runtime.profile import time_interleaved
 
 # (label, target, recipe, strategy) per runtime; hard-routed models get the dispatch targets instead
 SOFT = [("ExecuTorch FP32", "executorch", "fp32", "output-mix"),
@@ -95,24 +95,7 @@ def set5(folder: Path, limit: int | None) -> dict:
 
 def profile(folders: dict[str, Path], tile: int, rounds: int, runs: int) -> tuple[dict, tuple, tuple]:
     """One child process per artifact, all loaded at once; rounds alternate the order (interleaved)."""
-    x = np.random.default_rng(0).random((1, 3, tile, tile), dtype=np.float32)
-    procs: dict[str, RunnerProcess] = {}
-    try:
-        for name, folder in folders.items():
-            card = load_card(folder)
-            procs[name] = RunnerProcess(card.runner, str(artifact_path(folder, card)), "forward", 1)
-        times: dict[str, list[float]] = {n: [] for n in procs}
-        for p in procs.values():
-            p.time(x, 3, 3)
-        before = os.getloadavg()
-        for r in range(rounds):
-            for n in (list(procs) if r % 2 == 0 else list(reversed(procs))):
-                times[n] += procs[n].time(x, runs, 1)
-        after = os.getloadavg()
-    finally:
-        for p in procs.values():
-            p.close()
-    lat = {n: {"median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * min(t), "n": len(t)} for n, t in times.items()}
+    lat, before, after = time_interleaved(folders, rounds, runs, warmup=3)
     return lat, before, after
 
 

@@ -81,4 +81,35 @@ def profile_record(result: dict[str, Any]) -> ProfileRecord:
     return ProfileRecord(**{k: result[k] for k in main}, machine=machine(), recorded=now_utc(), stats=stats)
 
 
-__all__ = ["latency_stats", "profile_artifact", "machine", "profile_record"]
+def time_interleaved(folders: dict[str, Any], rounds: int, runs: int, warmup: int = 2,
+                     seed: int = 0) -> tuple[dict[str, dict[str, float]], tuple[float, ...], tuple[float, ...]]:
+    """Latency of several artifacts measured in one interleaved run (the benches' method on a shared machine):
+    one runner process per artifact, all loaded at once, 1 thread; each round times every artifact ``runs`` times,
+    the order reversed every other round, so load changes hit all alike. Returns name -> {median_ms, min_ms, n}
+    and the load averages before and after."""
+    import os
+
+    from .card import load_card
+
+    procs: dict[str, RunnerProcess] = {}
+    try:
+        for name, folder in folders.items():
+            card = load_card(folder)
+            procs[name] = RunnerProcess(card.runner, str(artifact_path(folder, card)), method_for_tile(card).name, 1)
+        x = {n: np.random.default_rng(seed).random(p.input_shape, dtype=np.float32) for n, p in procs.items()}
+        times: dict[str, list[float]] = {n: [] for n in procs}
+        for n, p in procs.items():
+            p.time(x[n], warmup, warmup)
+        before = os.getloadavg()
+        for r in range(rounds):
+            for n in (list(procs) if r % 2 == 0 else list(reversed(procs))):
+                times[n] += procs[n].time(x[n], runs, 1)
+        after = os.getloadavg()
+    finally:
+        for p in procs.values():
+            p.close()
+    lat = {n: {"median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * min(t), "n": len(t)} for n, t in times.items()}
+    return lat, before, after
+
+
+__all__ = ["latency_stats", "profile_artifact", "machine", "profile_record", "time_interleaved"]
