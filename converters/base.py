@@ -377,6 +377,18 @@ def register_target(cls: type) -> type:
     return cls
 
 
+def require_modules(target: str, *modules: str) -> None:
+    """What a target's ``check_available`` usually is: every module imports, else one line naming the missing one
+    and the install command (the converter stacks are the ``full`` extra)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(f"target {target} needs {module.split('.')[0]} ({e}); pip install -e '.[full]'") from None
+
+
 def target_names() -> list[str]:
     return list(TARGET_MODULES)
 
@@ -498,5 +510,5 @@ def atomic_output_dir(out: str | os.PathLike, force: bool, kind: str = "artifact
 __all__ = [
     "FP32_PARTS", "Recipe", "RECIPES", "get_recipe", "STRATEGIES", "ModelFacts", "Requirement", "HARD_DISPATCH_REQUIREMENTS", "Capabilities",
     "LoweringContext", "Fallback", "LoweredMethod", "LoweringResult", "Target",
-    "TARGET_MODULES", "TARGET_ALIASES", "register_target", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
+    "TARGET_MODULES", "TARGET_ALIASES", "register_target", "require_modules", "target_names", "describe_targets", "get_target", "check_output_dir", "atomic_output_dir",
 ]

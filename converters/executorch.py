@@ -13,9 +13,9 @@ import logging
 from collections import Counter
 from typing import Any, Callable
 
-from nsr_edge.errors import UserError
 
-from .base import Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name, register_target
+from .base import (Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name,
+                   register_target, require_modules)
 
 _NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr",
                 "alloc"}  # alloc: ExecuTorch's memory planning op (to_executorch() rewrites the edge graph in place)
@@ -65,11 +65,7 @@ class ExecuTorchTarget:
     )
 
     def check_available(self) -> None:
-        try:
-            import executorch.exir  # noqa: F401
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"target executorch needs the executorch package ({e}); pip install -e '.[full]'") from None
+        require_modules(self.name, "executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner")
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         if not recipe.quantized:

@@ -19,7 +19,7 @@ from typing import Any
 
 from nsr_edge.errors import UserError
 
-from .base import Capabilities, LoweredMethod, LoweringContext, LoweringResult, Recipe, register_target
+from .base import Capabilities, LoweredMethod, LoweringContext, LoweringResult, Recipe, register_target, require_modules
 from .coreml import COREML_REFUSED_STRATEGIES
 
 
@@ -33,12 +33,7 @@ class ExecuTorchCoreMLTarget:
     deployment_target = "iOS17"
 
     def check_available(self) -> None:
-        try:
-            import coremltools  # noqa: F401
-            from executorch.backends.apple.coreml.partition import CoreMLPartitioner  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"target executorch-coreml needs executorch and coremltools ({e}); "
-                            "pip install -e '.[full]'") from None
+        require_modules(self.name, "coremltools", "executorch.backends.apple.coreml.partition")
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # w8 happens inside the delegate (op_linear_quantizer_config)

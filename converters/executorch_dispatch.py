@@ -30,7 +30,7 @@ from typing import Any
 from nsr_edge.errors import UserError
 
 from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
-                   Recipe, register_target)
+                   Recipe, register_target, require_modules)
 
 MODES = ("layer", "block")
 LAYOUT = "channels_last"  # of every program input and output, the tile included (the card's dispatch.layout)
@@ -447,12 +447,7 @@ class ExecuTorchDispatchTarget:
     )
 
     def check_available(self) -> None:
-        try:
-            import executorch.exir  # noqa: F401
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"target executorch-dispatch needs the executorch package ({e}); "
-                            "pip install -e '.[full]'") from None
+        require_modules(self.name, "executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner")
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # every program is quantized on its own tiles in lower()

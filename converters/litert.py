@@ -35,7 +35,7 @@ from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.litert_runner import interpreter_class, method_file  # one naming rule for both sides
 
 from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
-                   Recipe, method_name, register_target)
+                   Recipe, method_name, register_target, require_modules)
 
 @contextmanager
 def _quiet_progress(show: bool) -> Iterator[None]:
@@ -399,13 +399,7 @@ class LiteRTTarget:
     )
 
     def check_available(self) -> None:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-            import ai_edge_quantizer  # noqa: F401
-            import litert_torch  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"target litert needs litert-torch, ai-edge-litert and ai-edge-quantizer ({e}); "
-                            "pip install -e '.[full]'") from None
+        require_modules(self.name, "ai_edge_litert.interpreter", "ai_edge_quantizer", "litert_torch")
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # int8-ptq is ai-edge-quantizer's, inside lower, on context.calibration_tiles

@@ -44,6 +44,7 @@ from .base import (
     Recipe,
     method_name,
     register_target,
+    require_modules,
 )
 
 
@@ -262,13 +263,7 @@ class OnnxRuntimeTarget:
                                 calibrated_recipes=("int8-ptq",))
 
     def check_available(self) -> None:
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"target onnxruntime needs onnx, onnxscript and onnxruntime ({e}); "
-                            "pip install -e '.[full]'") from None
+        require_modules(self.name, "onnx", "onnxruntime", "onnxscript")
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         return None  # int8-ptq is ORT's quantize_static, inside lower, on context.calibration_tiles
