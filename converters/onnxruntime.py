@@ -60,8 +60,29 @@ def export_onnx(model: Any, example: Any) -> bytes:
                                         input_names=["input"], output_names=["output"])
         program.save(str(path), external_data=False)
         proto = onnx.load(str(path))
+    strip_stack_traces(proto)
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(proto: Any) -> None:
+    """Drop the exporter's per-node Python stack traces: they hold absolute paths of the converting machine (an
+    artifact must be the same bytes wherever it is converted, and ships inside apps). The module hierarchy the
+    INT8 exclusions read (``pkg.torch.onnx.class_hierarchy``, ``name_scopes``, ``namespace``) stays."""
+    graphs = [proto.graph, *(f for f in proto.functions)]
+    while graphs:
+        g = graphs.pop()
+        for node in getattr(g, "node", []):
+            kept = [m for m in node.metadata_props if m.key != STACK_TRACE_KEY]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
 
 
 def _constants(graph: Any) -> set[str]:

@@ -704,8 +704,10 @@ with atomic_output_dir(sys.argv[1], False) as tmp:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_signal_during_an_artifact_write(world, tmp_path, sig):
     out = tmp_path / "a"
+    # a shell that runs the suite in the background starts it with SIGINT ignored, and children inherit that: give
+    # the writer the default handling back, as it has when a user presses Ctrl-C in a terminal
     p = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().strip() == "writing"
     p.send_signal(sig)
     p.wait(timeout=60)

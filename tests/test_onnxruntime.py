@@ -202,3 +202,12 @@ def test_int8_validates_within_the_stated_drop_and_profiles(arts):
     r = run_cli("profile", arts["int8"], "--threads", "1", "--runs", "3", "--json")
     assert r.returncode == 0, r.stderr[-600:]
     assert json.loads(r.stdout)["median_ms"] > 0
+
+
+def test_artifacts_hold_no_path_of_the_converting_machine(arts):
+    """The exporter writes Python stack traces with absolute paths into node metadata; the artifact must not (it
+    would differ from machine to machine and leak the converting user's folders into apps)."""
+    import os
+
+    data = (arts["output-mix"] / "model.onnx").read_bytes()
+    assert os.getcwd().encode() not in data and b".venv" not in data and b"stack_trace" not in data
