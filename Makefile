@@ -4,6 +4,7 @@ VENV := .venv
 RUNTIME_VENV := .venv-runtime
 PY := $(VENV)/bin/python
 RPY := $(RUNTIME_VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)  # Debian packages for test-apps: root installs them directly
 
 .PHONY: demo test test-full test-runtime test-apps setup setup-runtime clean-venvs
 
@@ -23,7 +24,7 @@ test-runtime: setup-runtime
 # The demo apps' tiling cores: the Kotlin one compiles and passes its JUnit tests here (Debian's kotlin 1.3, one
 # kotlinc call, ~40 s with the install); the Swift one needs a Swift toolchain (ios_demo/README.md).
 test-apps:
-	command -v kotlinc >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends kotlin junit4 libandroid-json-java >/dev/null)
+	command -v kotlinc >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends kotlin junit4 libandroid-json-java >/dev/null)
 	android_demo/tiling-core/run_tests.sh
 
 setup: $(VENV)/.installed
