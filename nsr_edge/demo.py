@@ -8,6 +8,7 @@ plot and one real image restored (LR | bicubic | NSR | ground truth crops), so a
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ def comparison_image(artifact_dir: Path, dataset: str, path: Path, image: int = 
 
     from .runtime.card import artifact_path, load_card, tile_spec
     from .runtime.evaluation import task_images
+    from .runtime.files import atomic_write_bytes
     from .runtime.images import to_uint8
     from .runtime.imresize import bicubic_upscale
     from .runtime.metrics import psnr_y
@@ -177,9 +179,6 @@ def comparison_image(artifact_dir: Path, dataset: str, path: Path, image: int = 
         left = pad + i * (side + pad)
         canvas.paste(tile, (left, pad + head))
         draw.text((left, pad), label + (f"  {score:.2f} dB" if score is not None else ""), fill="black")
-    from .runtime.files import atomic_write_bytes
-    import io
-
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
