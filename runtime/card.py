@@ -29,7 +29,7 @@ from .files import atomic_write_json, file_sha256, path_digest
 
 CARD_FILE = "model.json"
 SCHEMA = "nsr-edge-model-card"
-VERSION = "2.0"
+VERSION = "2.1"  # 2.1 added reference_outputs, instruction_counts and the records' device
 MAJOR = 2
 SCHEMA_FILE = Path(__file__).with_name("model_card.schema.json")
 
@@ -170,6 +170,39 @@ class Dispatch:
 
 
 @dataclass
+class DeviceInfo:
+    """The machine a validation, profile or instruction count ran on (``--device``), as read on that machine."""
+
+    name: str = _f("the ``--device`` value: ``local``, ``ssh:USER@HOST:PORT``, ``adb:SERIAL``, ``arm-emu:CPU``")
+    transport: str = _f("how nsr-edge reached it", choices=("local", "ssh", "adb", "arm-emu"))
+    arch: str = _f("machine architecture (``x86_64``, ``aarch64``)")
+    cpu_model: str = _f("CPU model as the OS names it (``/proc/cpuinfo``; the emulated CPU under ``arm-emu``)")
+    cores: int = _f("online CPU cores")
+    isa_features: list[str] = _f("ISA features that select kernels (``asimd``, ``asimddp``, ``i8mm``, ``sve``, "
+                                 "``avx2``, ``avx512_vnni``, ...)", factory=list)
+    governor: str | None = _f("cpufreq governor of cpu0 where readable", None)
+    os: str = _f("kernel / OS release", "")
+    python: str = _f("Python version of the runner", "")
+    runtime: str = _f("runtime package and version that ran the artifact (``tflite-runtime 2.14.0``, ...)", "")
+    threads: int | None = _f("runtime threads", None)
+    emulated: bool = _f("true under ``arm-emu`` (qemu): never a latency", False)
+
+
+@dataclass
+class ReferenceOutputs:
+    """Real tiles with the FP32 PyTorch model's outputs, stored beside the artifact by ``convert`` so that ``validate``
+    can compare against the reference where PyTorch is absent (a phone, a board, the torch-free device venv)."""
+
+    file: str = _f("``.npz`` in the artifact folder: ``inputs`` and ``outputs``, float32 NCHW", readers="runtime")
+    sha256: str = _f("SHA-256 of the file", readers="runtime")
+    tiles: int = _f("number of tiles")
+    input_shape: list[int] = _f("shape of ``inputs`` (N, C, H, W)", readers="runtime")
+    output_shape: list[int] = _f("shape of ``outputs`` (N, C, sH, sW)", readers="runtime")
+    dataset: str = _f("where the tiles were cut from (data set name)")
+    model: str = _f("what produced ``outputs``: the FP32 PyTorch training form of the model the card names")
+
+
+@dataclass
 class ValidationRecord:
     """One validation run (``nsr-edge validate --record``, the demo): the same shape whoever wrote it."""
 
@@ -183,6 +216,7 @@ class ValidationRecord:
     recorded: str = _f("ISO-8601 UTC time of the run")
     tolerances: dict[str, float | None] = _f("the limits checked (``max_drop_db``, ``min_psnr_vs_reference``, "
                                              "``max_abs``); null: not checked", factory=dict)
+    device: DeviceInfo | None = _f("where it ran (absent: the converting host, before 2.1)", None)
 
 
 @dataclass
@@ -201,6 +235,25 @@ class ProfileRecord:
     machine: str = _f("where it ran (platform, processor)")
     recorded: str = _f("ISO-8601 UTC time of the run")
     stats: dict[str, float] = _f("the other statistics (mean, min, max, ms_per_megapixel_tile)", factory=dict)
+    device: DeviceInfo | None = _f("where it ran (absent: the converting host, before 2.1)", None)
+
+
+@dataclass
+class InstructionCountRecord:
+    """Guest instructions of one inference under ARM emulation (``profile --device arm-emu:CPU``): work on the real
+    ARM kernels, comparable between artifacts on the same emulated CPU. Instructions, not cycles, never seconds."""
+
+    method: str = _f("method counted")
+    tile: int = _f("tile side")
+    cpu: str = _f("emulated CPU (qemu ``-cpu``)")
+    per_tile: int = _f("guest instructions per tile (inference call only)")
+    per_megapixel: float = _f("per output megapixel at the tiling stride")
+    runs: int = _f("repeated counts taken")
+    spread: float = _f("(max - min) / min over the runs")
+    recorded: str = _f("ISO-8601 UTC time of the run")
+    classes: dict[str, int] = _f("per tile by class: ``simd``, ``dot`` (SDOT/UDOT), ``i8mm``, ``sve``, ``scalar``",
+                                 factory=dict)
+    device: DeviceInfo | None = _f("the emulated device", None)
 
 
 @dataclass
@@ -236,6 +289,10 @@ class ModelCard:
                                       factory=list)
     auto: dict[str, Any] | None = _f("``--strategy auto``: the tolerance, check set and every candidate's numbers",
                                      None)
+    reference_outputs: ReferenceOutputs | None = _f("stored FP32 reference tiles for torch-free validation", None,
+                                                    readers="runtime")
+    instruction_counts: list[InstructionCountRecord] = _f("ARM-emulation instruction counts, newest last (one per "
+                                                          "method and CPU)", factory=list)
 
     # ---------------------------------------------------------------------------------------------- conveniences
     def to_dict(self) -> dict[str, Any]:
@@ -467,19 +524,31 @@ def now_utc() -> str:
 
 
 def record_validation(artifact_dir: str | os.PathLike, record: ValidationRecord) -> None:
-    """Add a validation run to the card, replacing an earlier one for the same data set and runner."""
-    _record(artifact_dir, "validation", asdict(record), ("dataset", "runner"))
+    """Add a validation run to the card, replacing an earlier one for the same data set, runner and device."""
+    _record(artifact_dir, "validation", asdict(record), ("dataset", "runner", "device.name"))
 
 
 def record_profile(artifact_dir: str | os.PathLike, record: ProfileRecord) -> None:
-    """Add a latency run to the card, replacing an earlier one for the same method, threads and machine."""
-    _record(artifact_dir, "profile", asdict(record), ("method", "threads", "machine"))
+    """Add a latency run to the card, replacing an earlier one for the same method, threads, machine and device."""
+    _record(artifact_dir, "profile", asdict(record), ("method", "threads", "machine", "device.name"))
+
+
+def record_instruction_count(artifact_dir: str | os.PathLike, record: InstructionCountRecord) -> None:
+    """Add an ARM-emulation instruction count to the card, replacing an earlier one for the same method and CPU."""
+    _record(artifact_dir, "instruction_counts", asdict(record), ("method", "cpu"))
+
+
+def _lookup(record: dict[str, Any], dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _record(artifact_dir: str | os.PathLike, key: str, record: dict[str, Any], same: tuple[str, ...]) -> None:
     data = read_card_json(artifact_dir)
     load_card(artifact_dir)  # refuse to add to a broken card
-    kept = [r for r in (data.get(key) or []) if any(r.get(k) != record[k] for k in same)]
+    kept = [r for r in (data.get(key) or []) if any(_lookup(r, k) != _lookup(record, k) for k in same)]
     data[key] = kept + [record]
     write_card(artifact_dir, data)
 
@@ -604,7 +673,8 @@ def field_reference() -> str:
     """The per-field reference of docs/model_card.md (markdown), derived from the dataclasses."""
     out = []
     for cls in (ModelCard, ModelInfo, Source, ArtifactInfo, IOSpec, TensorSpec, MethodSpec, Delegation,
-                MethodDelegation, FallbackInfo, Dispatch, DispatchStage, ValidationRecord, ProfileRecord):
+                MethodDelegation, FallbackInfo, Dispatch, DispatchStage, ValidationRecord, ProfileRecord,
+                InstructionCountRecord, DeviceInfo, ReferenceOutputs):
         hints = _hints(cls)
         out.append(f"### `{cls.__name__}`\n")
         if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):
