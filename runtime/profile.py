@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .card import ModelCard, ProfileRecord, artifact_path, method_for_tile, now_utc, tile_spec
-from .runners.child import RunnerProcess
+from .runners.child import RunnerProcess, open_runner
 
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
@@ -33,9 +33,10 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
 
 def profile_artifact(
     artifact_dir: str, card: ModelCard, threads: int = 1, runs: int = 50, warmup: int = 5,
-    etdump: str | None = None, seed: int = 0,
+    etdump: str | None = None, seed: int = 0, in_process: bool = False,
 ) -> dict[str, Any]:
-    """Time ``runs`` executions of the card's ``forward`` on a random tile (after ``warmup``), in a child process.
+    """Time ``runs`` executions of the card's ``forward`` on a random tile (after ``warmup``), in a child process
+    (``in_process``: in this one, where no child can be started; the peak memory is then this process's).
 
     With ``etdump`` a second child runs the program with event tracing and writes the ETDump there (timings are
     taken without tracing, so tracing costs do not leak into them).
@@ -45,12 +46,12 @@ def profile_artifact(
     spec = tile_spec(card)
     scale = card.model.scale
     x = np.random.default_rng(seed).random(method.input_shape, dtype=np.float32)
-    with RunnerProcess(card.runner, str(path), method.name, threads) as proc:
+    with open_runner(card.runner, str(path), method.name, threads, in_process) as proc:
         times = proc.time(x, runs, warmup)
         rss = proc.peak_rss_bytes()
         used_threads = proc.threads
     if etdump is not None:
-        with RunnerProcess(card.runner, str(path), method.name, threads, etdump=etdump) as proc:
+        with open_runner(card.runner, str(path), method.name, threads, in_process, etdump=etdump) as proc:
             proc.time(x, 3, 1)
             proc.write_etdump()
     stats = latency_stats(times)

@@ -129,6 +129,56 @@ class RunnerProcess:
         self.close()
 
 
+class InProcessRunner:
+    """`RunnerProcess`'s interface on a session opened in this process: where no child process can be started (a
+    Python under qemu-user without binfmt_misc) and the calling process as a whole is the crash boundary (a device
+    run: `device_cli --in-process`)."""
+
+    def __init__(self, runner: str, artifact: str, method: str = "forward", threads: int = 1,
+                 etdump: str | None = None, debug_buffer: str | None = None, debug_buffer_size: int = 0,
+                 timeout: float | None = None) -> None:
+        from . import get_runner
+
+        self.artifact = str(artifact)
+        self.session = get_runner(runner).open_session(self.artifact, method, threads, etdump=etdump,
+                                                       debug_buffer=debug_buffer, debug_buffer_size=debug_buffer_size)
+        self.input_shape: tuple[int, ...] = tuple(self.session.input_shape)
+        self.output_shape: tuple[int, ...] = tuple(self.session.output_shape)
+        self.threads: int = self.session.threads
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def time(self, x: np.ndarray, runs: int, warmup: int) -> list[float]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        for _ in range(warmup):
+            self.session.time_once(x)
+        return [self.session.time_once(x) for _ in range(runs)]
+
+    def write_etdump(self) -> None:
+        self.session.write_etdump()
+
+    def peak_rss_bytes(self) -> int:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "InProcessRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_runner(runner: str, artifact: str, method: str = "forward", threads: int = 1, in_process: bool = False,
+                **kwargs: Any) -> "RunnerProcess | InProcessRunner":
+    """A runner session in a child process (default: a native abort is one line) or, ``in_process``, in this one."""
+    return (InProcessRunner if in_process else RunnerProcess)(runner, artifact, method, threads, **kwargs)
+
+
 def _serve() -> None:
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything native code prints to stdout goes to stderr, not into the protocol
