@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if args.save_outputs:
         result["saved_outputs"] = save_outputs(args.artifact, card, args.save_outputs, args.threads, args.in_process)
     threads = result.get("threads", args.threads)
+    # which nsr_edge.runtime ran: the pushed bundle (a zip on PYTHONPATH) or one installed on the device
+    result["runtime_source"] = "bundle" if ".zip" in (__file__ or "") else "installed"
     result["device"] = describe_device(args.device_name, args.transport, runtime_version(card.runner), threads,
                                        emulated=args.transport == "arm-emu").__dict__
     return result, code

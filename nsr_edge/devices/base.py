@@ -127,6 +127,8 @@ class Transport:
 
 # ------------------------------------------------------------------------------------------------ the runtime bundle
 
+BUNDLE_NAME = "nsr_edge_runtime.zip"  # the bundle's file name, here and on the device
+
 
 def _bundle_files() -> list[tuple[str, Path]]:
     """(name in the zip, file) for ``nsr_edge/__init__.py`` and every ``.py``/``.json`` of the installed
@@ -157,20 +159,19 @@ def bundle_bytes() -> bytes:
 
 
 def runtime_bundle(cache_dir: Path | None = None) -> Path:
-    """The runtime bundle as a file, cached by content (``~/.cache/nsr-edge/device-bundles/nsr_edge_runtime-<sha12>
-    .zip``; ``$NSR_EDGE_CACHE`` moves the cache): the same sources give the same file, pushed as is."""
+    """The runtime bundle as a file, cached by content (``~/.cache/nsr-edge/device-bundles/<sha12>/`` +
+    `BUNDLE_NAME`; ``$NSR_EDGE_CACHE`` moves the cache): the same sources give the same file, pushed as is."""
     data = bundle_bytes()
     root = cache_dir or Path(os.environ.get("NSR_EDGE_CACHE") or Path.home() / ".cache" / "nsr-edge") / "device-bundles"
-    path = root / f"nsr_edge_runtime-{hashlib.sha256(data).hexdigest()[:12]}.zip"
+    path = root / hashlib.sha256(data).hexdigest()[:12] / BUNDLE_NAME
     if not path.is_file() or path.read_bytes() != data:
-        root.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
 
 
-BUNDLE_NAME = "nsr_edge_runtime.zip"  # the name it has on the device
 
 
 # ---------------------------------------------------------------------------------------- probes shared by transports
@@ -321,11 +322,11 @@ def run_on_device(transport: Transport, artifact_dir: str | os.PathLike, command
         options = DeviceRun(**{**options.__dict__, "command": command})
     artifact_dir = Path(artifact_dir)
     card = card or load_card(artifact_dir)  # a broken card is refused here, before the device is touched
-    transport.check(card.runner)
     bundle = runtime_bundle()
     remote_dir = None
     with _SigtermAsInterrupt():
         try:
+            transport.check(card.runner)
             remote_dir = transport.make_temp_dir()
             transport.push(bundle, remote_dir)
             staged = artifact_dir.resolve()
