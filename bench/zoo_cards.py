@@ -1,9 +1,12 @@
 """Publish trained runs as zoo models: evaluate, write zoo/<id>/{model.pt,card.json}, and the results table.
 
     .venv/bin/python bench/zoo_cards.py [--only ID ...] [--table docs/results.md]
+    .venv/bin/python bench/zoo_cards.py --from-zoo [--only ID ...]   # re-evaluate the committed zoo/<id>/model.pt
 
 Every number in a card and in docs/results.md comes from this script (it calls the same evaluation as
-`nsr-edge eval`, with the reference 48 px tiling). Runs come from bench/train_zoo.py (runs/zoo/<id>/model.pt).
+`nsr-edge eval`, with the reference protocol: 48 px tiles for the body, skip conv on the whole image). Runs come from
+bench/train_zoo.py (runs/zoo/<id>/model.pt); `--from-zoo` re-evaluates the published checkpoints instead (their
+model.pt and sha256 untouched: only the card's results, evaluation note and date change).
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ PAPER = {
     ("sr", 2): {"set5": 38.11, "bsd100": 32.22},
 }
 PAPER_SOURCE = "github.com/ychfan/pt_ir README, EDSR+NSR x2 (4.9M params, DIV2K, 30 epochs)"
+
+
+EVALUATION = ("nsr-edge eval: Y (BT.601) PSNR/SSIM on 8-bit outputs, scale px shaved (SR); gray PSNR/SSIM (denoise, "
+              "JPEG); Gaussian-window SSIM; reference protocol (pt_ir): images with both sides >= 192 px run the body on "
+              "48 px tiles (4 px reflect pad, stride 32, edge strips 0.3) and the skip conv once on the whole image "
+              "(zero padding), smaller images run whole")
 
 
 def task_key(task: TaskSpec) -> tuple:
@@ -74,8 +83,7 @@ def publish(job, ckpt: Checkpoint, results: list[dict]) -> dict:
         "baseline_of": job.baseline_of,
         "baseline_kind": job.baseline_kind,
         "results": results,
-        "evaluation": "nsr-edge eval: Y (BT.601) PSNR/SSIM on 8-bit outputs, scale px shaved (SR); gray PSNR/SSIM "
-                      "(denoise, JPEG); Gaussian-window SSIM; reference 48 px tiling (4 px reflect pad, stride 32)",
+        "evaluation": EVALUATION,
         "config": ckpt.config.to_dict(),
         "training": {k: _relative(ckpt.provenance.get(k)) for k in
                      ("dataset", "steps", "batch_size", "patch_size", "seed", "train_seconds", "threads", "device",
@@ -130,10 +138,33 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def reevaluate(zoo_id: str) -> dict | None:
+    """Evaluate the committed zoo/<id>/model.pt again and rewrite its card's results (the checkpoint is not touched)."""
+    card_path, ckpt_path = ZOO_DIR / zoo_id / "card.json", ZOO_DIR / zoo_id / "model.pt"
+    if not card_path.is_file() or not ckpt_path.is_file():
+        print(f"{zoo_id}: not in the zoo")
+        return None
+    card = json.loads(card_path.read_text())
+    if file_sha256(ckpt_path) != card.get("sha256"):
+        raise SystemExit(f"{zoo_id}: model.pt does not match its card's sha256; publish it from its run instead")
+    ckpt = load_checkpoint(ckpt_path)
+    task = TaskSpec.from_dict(ckpt.provenance["task"])
+    target = EvalTarget(zoo_id, model_restorer(ckpt.build(), task.scale))
+    before = {r["dataset"]: r["psnr_y"] for r in card["results"]}
+    results = [r.summary() for r in evaluate_sets(target, task, list(task.eval_sets), [], None)]
+    card.update(results=results, evaluation=EVALUATION, evaluated=datetime.date.today().isoformat())
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"{zoo_id}: " + ", ".join(f"{r['dataset']} {before.get(r['dataset'], float('nan')):.3f} -> {r['psnr_y']:.3f}"
+                                    for r in results), flush=True)
+    return card
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--table", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--from-zoo", action="store_true",
+                    help="re-evaluate the committed zoo/<id>/model.pt (not runs/zoo) and update only the cards' results")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cards, baselines = [], {}
@@ -142,6 +173,11 @@ def main() -> int:
             card_path = ZOO_DIR / job.id / "card.json"
             if card_path.is_file():
                 cards.append(json.loads(card_path.read_text()))
+            continue
+        if args.from_zoo:
+            card = reevaluate(job.id)
+            if card is not None:
+                cards.append(card)
             continue
         run = RUNS / job.id / "model.pt"
         if not run.is_file():

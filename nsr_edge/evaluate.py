@@ -15,7 +15,8 @@ from .runtime.evaluation import DatasetResult, ImageFn, evaluate, tiled
 from .runtime.imresize import bicubic_upscale
 from .runtime.images import from_uint8, to_uint8
 from .runtime.tasks import TaskSpec
-from .runtime.tiling import REFERENCE, TileSpec
+from .models import IMAGE_MEAN, WDSR
+from .runtime.tiling import REFERENCE, TileSpec, run_tiled
 
 METHODS = ("bicubic", "identity")  # non-learned baselines: bicubic upscaling; the degraded input itself
 
@@ -54,7 +55,44 @@ def torch_tile_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def model_restorer(model: nn.Module, scale: int, spec: TileSpec = REFERENCE, batch_size: int | None = 64) -> ImageFn:
+    """The image function of ``model`` under the tiling ``spec``.
+
+    Under the reference layout (``spec.edge_strips``: the ``REFERENCE`` scheme) a WDSR network (any of ours, training
+    or deploy form) is run as the reference evaluates it (pt_ir ``models/wdsr_nsr.py`` in eval mode): only the body
+    runs on the tiles, the 5x5 skip conv runs once on the whole image with its own zero padding, and the image is
+    ``shuf(stitched body + skip)``. Any other spec (the fixed deploy tiles a device runs) and any other module run the
+    whole network on every tile.
+    """
+    if spec.edge_strips and isinstance(model, WDSR):
+        return reference_restorer(model, scale, spec, batch_size)
     return tiled(torch_tile_fn(model), spec, scale, batch_size)
+
+
+def reference_restorer(model: WDSR, scale: int, spec: TileSpec = REFERENCE, batch_size: int | None = 64) -> ImageFn:
+    """The reference evaluation of a WDSR network: body on the tiles, skip conv on the whole image.
+
+    The reference stitches the body's tiles in its output space (LR positions, ``C * scale**2`` channels) and applies
+    PixelShuffle after adding the skip branch; PixelShuffle only moves values, so stitching the shuffled body tiles
+    (each LR pixel's weight on its ``scale x scale`` block, as ``run_tiled`` does) is the same computation. An image
+    that ``spec`` runs whole (shorter side below ``whole_below``) gets ``body(x) + skip(x)`` on the whole image, i.e.
+    the plain forward, as in the reference.
+    """
+    if int(model.config.scale) != int(scale):
+        raise ValueError(f"model is x{model.config.scale}, asked to restore at x{scale}")
+    model.eval()
+
+    @torch.no_grad()
+    def body(tiles: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tiles)) - IMAGE_MEAN
+        return model.shuf(model.body(x)).numpy()
+
+    @torch.no_grad()
+    def restore(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] - IMAGE_MEAN
+        skip = (model.shuf(model.skip(x)) + IMAGE_MEAN)[0].numpy()
+        return run_tiled(image, body, spec, scale, batch_size) + skip
+
+    return restore
 
 
 def method_restorer(method: str, task: TaskSpec) -> ImageFn:

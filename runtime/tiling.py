@@ -102,7 +102,9 @@ class TileSpec:
 
 REFERENCE = TileSpec(tile=48, pad=4, stride=32, edge_strips=True, edge_weight=0.3, pad_mode="reflect", whole_below=192)
 """The reference NSR evaluation: 48 px tiles, 4 px reflect margins, stride 32, edge strips at weight 0.3, and images
-with a side below 192 px run whole. ``replace(REFERENCE, whole_below=0)`` is the same geometry with fixed tiles."""
+with a side below 192 px run whole. ``replace(REFERENCE, whole_below=0)`` is the same geometry with fixed tiles.
+The reference runs only a network's body on these tiles (its skip conv runs on the whole image): that split is made
+by ``nsr_edge.evaluate.model_restorer`` for specs with edge strips; this module tiles whatever function it is given."""
 
 
 def deploy_spec(tile: int, pad: int = 4, overlap: int | None = None) -> TileSpec:
