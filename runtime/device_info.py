@@ -129,16 +129,26 @@ def runtime_version(runner: str) -> str:
     return ""
 
 
+def describe_from(name: str, transport: str, machine: str, system: str, cpuinfo: str, governor: str | None,
+                  runtime: str, threads: int | None, python: str = "", cores: int | None = None,
+                  emulated: bool = False) -> DeviceInfo:
+    """A `DeviceInfo` from what a machine says about itself (``uname -m``, ``uname -sr``, ``/proc/cpuinfo``, the
+    governor): for a device read from outside (a native ``--runner`` on a phone without Python)."""
+    model, features = parse_cpuinfo(cpuinfo, machine)
+    if cores is None:
+        cores = sum(1 for b in _blocks(cpuinfo) if "processor" in b) or 1
+    return DeviceInfo(name=name, transport=transport, arch=machine, cpu_model=model, cores=cores,
+                      isa_features=features, governor=governor, os=system, python=python, runtime=runtime,
+                      threads=threads, emulated=emulated)
+
+
 def describe_device(name: str, transport: str, runtime: str, threads: int | None,
                     emulated: bool = False) -> DeviceInfo:
     """This machine as a `DeviceInfo` (``name``: the ``--device`` value; ``runtime``: e.g. `runtime_version`)."""
-    machine = platform.machine()
-    model, features = parse_cpuinfo(_read(CPUINFO) or "", machine)
-    governor = (_read(GOVERNOR) or "").strip() or None
-    return DeviceInfo(name=name, transport=transport, arch=machine, cpu_model=model, cores=online_cores(),
-                      isa_features=features, governor=governor, os=f"{platform.system()} {platform.release()}",
-                      python=platform.python_version(), runtime=runtime, threads=threads, emulated=emulated)
+    return describe_from(name, transport, platform.machine(), f"{platform.system()} {platform.release()}",
+                         _read(CPUINFO) or "", (_read(GOVERNOR) or "").strip() or None, runtime, threads,
+                         python=platform.python_version(), cores=online_cores(), emulated=emulated)
 
 
 __all__ = ["ARM_PARTS", "RUNTIME_DISTRIBUTIONS", "arm_core_name", "parse_cpuinfo", "online_cores", "runtime_version",
-           "describe_device"]
+           "describe_from", "describe_device"]

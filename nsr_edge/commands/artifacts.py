@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..devices.commands import add_device_arguments, on_device, profile_on_device, validate_on_device
 from ..errors import UserError
 from ..reference import reference_fn
 from ..runtime.files import check_writable
@@ -64,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", action="store_true", help="store the summary in the model card")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("profile", help="latency (median/p90 per tile and per megapixel), per-op times, peak memory")
@@ -74,6 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-op", action="store_true", help="per-op breakdown from an ETDump (ExecuTorch)")
     p.add_argument("--record", action="store_true", help="store the result in the model card")
     p.add_argument("--json", action="store_true")
+    add_device_arguments(p, runner=True)
     p.set_defaults(func=cmd_profile)
 
 
@@ -140,6 +143,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if on_device(args):  # --device other than plain local: nsr_edge/devices/commands.py
+        return validate_on_device(args)
     from ..runtime import validate as V
     from ..runtime.card import load_card, record_validation, tile_spec
     from ..runtime.evaluation import task_images
@@ -183,6 +188,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if on_device(args):  # --device other than plain local: nsr_edge/devices/commands.py
+        return profile_on_device(args)
     from ..runtime.card import load_card, record_profile
     from ..runtime.profile import profile_artifact, profile_record
 

@@ -93,6 +93,12 @@ class Transport:
         artifact's ``runner``, its runtime imports. One clear line otherwise."""
         raise NotImplementedError
 
+    def check_shell(self) -> None:
+        """Reachable and a shell runs there (what a native ``--runner`` needs; no Python)."""
+        proc = self.run(["sh", "-c", "true"], 60, {})
+        if proc.returncode != 0:
+            raise DeviceError(f"{self.describe()}: a shell does not run there: {last_line(proc.stderr) or proc.returncode}")
+
     def python_argv(self) -> list[str]:
         """The device's Python interpreter as an argv prefix."""
         raise NotImplementedError
