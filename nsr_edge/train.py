@@ -1,18 +1,25 @@
 """`nsr-edge train`: the reference recipe (L1, Adam 1e-3, multi-step decay x0.2, random crops, flips, transpose),
-resumable, deterministic per seed, CPU by default, CUDA when present, multi-GPU through `torchrun` (DDP).
+or a cosine decay, resumable, deterministic per seed, CPU by default, CUDA when present, multi-GPU through `torchrun`.
 
 A run lives in one folder: ``last.pt`` (weights + optimizer + step, rewritten atomically every
-``checkpoint_every`` steps and on Ctrl-C), ``model.pt`` (final weights), ``log.jsonl`` (loss per logging window).
+``checkpoint_every`` steps and on Ctrl-C; the one before it is kept as ``prev.pt``), ``model.pt`` (final weights),
+``log.jsonl`` (loss per logging window).
+
+Resuming is refused in one line when the run would not be the same run: other options than the ones it was started
+with (``RESUME_MAY_CHANGE`` aside), or other training data (a fingerprint of the prepared pairs is stored). A loss
+or weights that become non-finite stop the run before anything is saved, so ``last.pt`` stays the last good state;
+an unreadable ``last.pt`` (a damaged copy, a full disk) is set aside and the run continues from ``prev.pt``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,7 @@ class TrainConfig:
     lr: float = 1e-3
     milestones: tuple[float, ...] = (2 / 3, 5 / 6)  # fractions of `steps`: the reference decays at epochs 20, 25 of 30
     lr_decay: float = 0.2
+    schedule: str = "multistep"  # multistep (the reference: milestones x lr_decay) | cosine (lr -> 0 over `steps`)
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
@@ -83,6 +91,70 @@ class TrainConfig:
         data["model"] = ModelConfig.from_dict(data["model"])
         data["milestones"] = tuple(data.get("milestones", ()))
         return cls(**data)
+
+
+SCHEDULES = ("multistep", "cosine")
+RESUME_MAY_CHANGE = ("threads", "device", "data_dir", "checkpoint_every", "log_every")
+"""What a resumed run may set anew: how and where it runs, not what it computes (the data are checked by content)."""
+
+
+def config_differences(run: TrainConfig, given: TrainConfig) -> list[str]:
+    """``option value (run: value)`` for every setting of ``given`` that differs from the run's, bar RESUME_MAY_CHANGE."""
+    a, b = run.to_dict(), given.to_dict()
+    out = []
+    for key in a:
+        if key in RESUME_MAY_CHANGE or a[key] == b.get(key):
+            continue
+        if isinstance(a[key], dict) and isinstance(b.get(key), dict):  # model / task: name the inner fields
+            out += [f"{key}.{k} {b[key].get(k)!r} (run: {v!r})" for k, v in a[key].items() if b[key].get(k) != v]
+        else:
+            out.append(f"{key} {b.get(key)!r} (run: {a[key]!r})")
+    return out
+
+
+def data_fingerprint(pairs: list) -> str:
+    """SHA-256 over the prepared training pairs (shapes and bytes, in order): the data a run is trained on."""
+    h = hashlib.sha256()
+    for pair in pairs:
+        for arr in (pair.input, pair.target):
+            h.update(repr(arr.shape).encode())
+            h.update(memoryview(arr).cast("B") if arr.flags.c_contiguous else arr.tobytes())
+    return f"{len(pairs)}:{h.hexdigest()[:16]}"
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+    if cfg.schedule != "multistep":
+        raise UserError(f"unknown learning-rate schedule {cfg.schedule!r}; one of {', '.join(SCHEDULES)}")
+    milestones = sorted({max(1, int(f * cfg.steps)) for f in cfg.milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_decay)
+
+
+def _load_resume_point(out: Path) -> tuple[Checkpoint, Path]:
+    """The newest readable checkpoint of a run (``last.pt``, else ``prev.pt``); a damaged ``last.pt`` is set aside
+    (``last.pt.damaged``) with one line on stderr, so the next save cannot rotate it over the good ``prev.pt``."""
+    last, prev = out / "last.pt", out / "prev.pt"
+    if not last.is_file() and not prev.is_file():
+        raise UserError(f"--resume: no {last} to resume from")
+    errors = []
+    for path in (last, prev):
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+            state = ckpt.training or {}
+            if "train_config" not in state:
+                raise UserError(f"{path} holds no training state to resume from")
+        except UserError as e:
+            errors.append(str(e))
+            continue
+        if path == prev and last.is_file():
+            os.replace(last, out / "last.pt.damaged")
+            print(f"nsr-edge: {errors[0]}; set aside as last.pt.damaged, resuming from {prev} (step "
+                  f"{state['step']})", file=sys.stderr)
+        return ckpt, path
+    raise UserError(errors[0] if len(errors) == 1 else f"{errors[0]}; and the previous checkpoint: {errors[1]}")
 
 
 @dataclass
@@ -120,24 +192,39 @@ def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state()}
 
 
-def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True) -> Path:
-    """Run (or with ``resume``, continue: then ``cfg`` may be None and is read from ``last.pt``) a training run."""
+def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True,
+          overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or with ``resume``, continue) a training run.
+
+    Resuming, ``cfg`` None continues the run as it was configured (``overrides`` may set RESUME_MAY_CHANGE fields);
+    a ``cfg`` must equal the run's configuration up to RESUME_MAY_CHANGE (a `UserError` names what differs).
+    """
     out = Path(out_dir)
-    last = out / "last.pt"
+    last, prev = out / "last.pt", out / "prev.pt"
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 owns the run folder
     if launched_rank == 0:
         _check_run_dir(out, resume)
-    if resume and not last.is_file():
-        raise UserError(f"--resume: no {last} to resume from")
-    start_step, elapsed = 0, 0.0
+    start_step, elapsed, cpu, stored_fingerprint = 0, 0.0, 0.0, None
     if resume:
-        ckpt = load_checkpoint(last)
-        state = ckpt.training or {}
-        if "train_config" not in state:
-            raise UserError(f"{last} holds no training state to resume from")
-        cfg = TrainConfig.from_dict(state["train_config"])
+        ckpt, resumed_from = _load_resume_point(out)
+        state = ckpt.training
+        run_cfg = TrainConfig.from_dict(state["train_config"])
+        if cfg is not None:
+            diff = config_differences(run_cfg, cfg)
+            if diff:
+                raise UserError(f"--resume: {out} was started with other options: {'; '.join(diff)}. Resume it "
+                                f"with its own (or just --out {out} --resume), or start a new run in another --out")
+            overrides = {**{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE}, **(overrides or {})}
+        bad = set(overrides or {}) - set(RESUME_MAY_CHANGE)
+        if bad:
+            raise UserError(f"--resume cannot change {', '.join(sorted(bad))}")
+        cfg = replace(run_cfg, **(overrides or {}))
         start_step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        cpu = float(state.get("cpu_s", 0.0))
+        stored_fingerprint = state.get("data_fingerprint")
     assert cfg is not None
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"unknown learning-rate schedule {cfg.schedule!r}; one of {', '.join(SCHEDULES)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -159,8 +246,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
         if [k for k in missing + unexpected if not k.endswith("log_temperature")]:
             raise UserError(f"--init-from {cfg.init_from}: weights do not fit ({(missing + unexpected)[:3]})")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    milestones = sorted({max(1, int(f * cfg.steps)) for f in cfg.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.lr_decay)
+    scheduler = _make_scheduler(cfg, optimizer)
     if resume:
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(state["optimizer"])
@@ -181,6 +267,12 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
                            progress=progress("preparing data", None))
     except (FileNotFoundError, ValueError) as e:  # an unknown or missing set: before the run folder exists
         raise UserError(f"training set {cfg.dataset or cfg.task.train_set}: {e}") from None
+    fingerprint = data_fingerprint(pairs)
+    if stored_fingerprint is not None and stored_fingerprint != fingerprint:
+        raise UserError(f"--resume: the training data differ from the ones {out} was trained on (set "
+                        f"{cfg.dataset or cfg.task.train_set}: {fingerprint.split(':')[0]} images, fingerprint "
+                        f"{fingerprint}; run: {stored_fingerprint}); point --data-dir at the run's data or start a "
+                        "new run in another --out")
     sampler = PatchSampler(pairs, cfg.task, cfg.patch_size, cfg.batch_size, cfg.seed, dist_info.rank)
     created = not out.exists()  # the folder is made only now, after everything that can fail quickly
     out.mkdir(parents=True, exist_ok=True)
@@ -190,21 +282,29 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     def save(step: int, path: Path, with_state: bool) -> None:
         if not dist_info.is_main:
             return
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never replace the last good checkpoint by a diverged state
+            raise UserError(f"weights became non-finite at step {step} ({bad[0]}): the run diverged; "
+                            + _last_good(last) + "; continue with a lower --lr in a new run (--init-from it)")
         training = None
         if with_state:
             training = {
-                "train_config": cfg.to_dict(), "step": step, "elapsed_s": elapsed,
+                "train_config": cfg.to_dict(), "step": step, "elapsed_s": elapsed, "cpu_s": cpu,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                "data_fingerprint": fingerprint,
             }
         provenance = {
             "trained_by": f"nsr-edge {__version__} train", "torch": str(torch.__version__), "task": cfg.task.to_dict(),
             "dataset": cfg.dataset or cfg.task.train_set, "steps": step, "batch_size": cfg.batch_size * dist_info.world,
             "patch_size": cfg.patch_size, "seed": cfg.seed, "train_seconds": round(elapsed, 1),
+            "train_cpu_seconds": round(cpu, 1),
             "threads": torch.get_num_threads(), "device": str(device), "sparsity": cfg.sparsity,
             "init_from": cfg.init_from,
             **({"distill_from": cfg.distill_from, "distill_weight": cfg.distill_weight} if cfg.distill_from else {}),
         }
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if path == last and last.is_file():
+            os.replace(last, prev)  # keep the previous state until the new one is written
         save_checkpoint(Checkpoint(cfg.model, sd, provenance, training), path, force=True)
 
     log = open(out / "log.jsonl", "a") if dist_info.is_main else None
@@ -216,7 +316,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     net.train()
     try:
         while step < cfg.steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             x, y = sampler(step)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sparsity.before_step(step)
@@ -233,9 +333,11 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             scheduler.step()
             step += 1
             elapsed += time.perf_counter() - t0
+            cpu += time.process_time() - c0
             window.append(loss.item())
             if not math.isfinite(window[-1]):
-                raise UserError(f"loss became {window[-1]} at step {step}; lower --lr (last good: {last})")
+                raise UserError(f"loss became {window[-1]} at step {step}: the run diverged; {_last_good(last)}; "
+                                "continue with a lower --lr in a new run (--init-from it)")
             if bar:
                 bar.update_to(step, loss=sum(window[-20:]) / len(window[-20:]))
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -248,10 +350,10 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             if step % cfg.checkpoint_every == 0:
                 save(step, last, with_state=True)
     except KeyboardInterrupt:
-        save(step, last, with_state=True)
+        save(step, last, with_state=True)  # refused (non-finite weights) when the step in flight diverged
         raise UserError(f"interrupted at step {step}; resume with: nsr-edge train --out {out} --resume") from None
     except BaseException:
-        if dist_info.is_main and not last.exists():  # nothing to resume: leave no half run behind
+        if dist_info.is_main and not last.exists() and not prev.exists():  # nothing to resume: no half run left
             if log:
                 log.close()
             _remove_run_leftovers(out, created)
@@ -261,13 +363,24 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             bar.close()
         if log:
             log.close()
-    save(step, last, with_state=True)
+    if not (step % cfg.checkpoint_every == 0 and step > start_step):  # not just written by the loop
+        save(step, last, with_state=True)
     save(step, out / "model.pt", with_state=False)
     if dist_info.world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
     return out / "model.pt"
+
+
+def _last_good(last: Path) -> str:
+    if not last.is_file():
+        return "no checkpoint was written yet"
+    try:
+        step = (load_checkpoint(last).training or {}).get("step")
+    except UserError:
+        step = "?"
+    return f"the last good checkpoint is kept: {last} (step {step})"
 
 
 _RUN_LEFTOVERS = ("log.jsonl",)

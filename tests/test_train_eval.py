@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -197,3 +198,129 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path, trained_ti
     save_checkpoint(Checkpoint(cfg3, build_model(cfg3).state_dict(), {"task": TaskSpec("sr", scale=3).to_dict()}), other)
     with pytest.raises(UserError, match="cannot teach"):
         train(tiny_config(steps=2, distill_from=str(other)), tmp_path / "bad", show_progress=False)
+
+
+# ---------------------------------------------------------------------------------- resuming: what is refused (issue 15)
+
+
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    sampler_call = train_mod.PatchSampler.__call__
+    state = {"raised": False}
+
+    def interrupt_once(self, step):
+        if step == at_step and not state["raised"]:
+            state["raised"] = True
+            raise KeyboardInterrupt
+        return sampler_call(self, step)
+
+    monkeypatch.setattr(train_mod.PatchSampler, "__call__", interrupt_once)
+
+
+def test_cosine_run_resumes_to_the_same_weights_with_its_own_options(tmp_path, monkeypatch):
+    """A cosine run interrupted and resumed with the same TrainConfig (what rerunning its command passes) ends with
+    the weights of an uninterrupted one; its last checkpoint's predecessor is kept as prev.pt."""
+    cfg = tiny_config(steps=7, schedule="cosine")
+    straight = train(cfg, tmp_path / "a", show_progress=False)
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, tmp_path / "b", show_progress=False)
+    assert load_checkpoint(tmp_path / "b" / "prev.pt").training["step"] == 3
+    resumed = train(tiny_config(steps=7, schedule="cosine"), tmp_path / "b", resume=True, show_progress=False)
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert "train_cpu_seconds" in b.provenance and load_checkpoint(tmp_path / "b" / "last.pt").training["cpu_s"] > 0
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert lrs[-1] < 1e-12 and lrs[0] < cfg.lr  # cosine to 0
+
+
+def test_resume_with_other_options_or_other_data_is_refused_and_the_run_kept(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _interrupt_at(monkeypatch, 4)
+    with pytest.raises(UserError):
+        train(tiny_config(steps=6), run, show_progress=False)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"other options: steps 12 \(run: 6\); patch_size 24 \(run: 16\)"):
+        train(replace(tiny_config(steps=12), patch_size=24), run, resume=True, show_progress=False)
+    with pytest.raises(UserError, match=r"model.width 4 \(run: 8\)"):
+        train(replace(tiny_config(), model=TINY.with_(width=4)), run, resume=True, show_progress=False)
+    with pytest.raises(UserError, match="cannot change steps"):
+        train(None, run, resume=True, show_progress=False, overrides={"steps": 9})
+
+    from nsr_edge.runtime import datasets
+
+    real = datasets.list_eval_images
+    monkeypatch.setattr(datasets, "list_eval_images",  # same set name, other images (another --data-dir, say)
+                        lambda name, scale=None, data_dir=None: real("set14", 2, data_dir)[:5] if name == "set5_train"
+                        else real(name, scale, data_dir))
+    with pytest.raises(UserError, match="training data differ"):
+        train(None, run, resume=True, show_progress=False)
+    assert (run / "last.pt").read_bytes() == before
+    monkeypatch.setattr(datasets, "list_eval_images", lambda name, scale=None, data_dir=None:
+                        real("set5", 2, data_dir) if name == "set5_train" else real(name, scale, data_dir))
+    out = train(None, run, resume=True, show_progress=False, overrides={"checkpoint_every": 1})  # how it runs: fine
+    assert load_checkpoint(out).provenance["steps"] == 6
+
+
+def test_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poison_at_6(self, *a, **k):  # the update of step 6 makes the weights NaN; the loss of step 6 is still finite
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poison_at_6)
+    with pytest.raises(UserError, match=r"non-finite at step 6 .*diverged.*kept: .*last.pt \(step 3\)"):
+        train(tiny_config(steps=9), run, show_progress=False)
+    good = load_checkpoint(run / "last.pt")
+    assert good.training["step"] == 3 and all(torch.isfinite(v).all() for v in good.state_dict.values())
+
+    sampler_call = train_mod.PatchSampler.__call__
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    monkeypatch.setattr(train_mod.PatchSampler, "__call__",
+                        lambda self, step: tuple(t * float("nan") for t in sampler_call(self, step)) if step == 4
+                        else sampler_call(self, step))
+    with pytest.raises(UserError, match=r"loss became nan at step 5.*kept: .*last.pt \(step 3\)"):
+        train(None, run, resume=True, show_progress=False)
+    assert load_checkpoint(run / "last.pt").training["step"] == 3
+
+
+def test_damaged_last_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(steps=8)
+    straight = train(cfg, tmp_path / "a", show_progress=False)
+    run = tmp_path / "b"
+    _interrupt_at(monkeypatch, 7)
+    with pytest.raises(UserError):
+        train(cfg, run, show_progress=False)
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])  # a copy or a disk cut it short
+    capsys.readouterr()
+    resumed = train(None, run, resume=True, show_progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt.damaged" in err[0] and "prev.pt (step 6)" in err[0], err
+    a, b = load_checkpoint(straight).state_dict, load_checkpoint(resumed).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    for name in ("last.pt", "prev.pt"):
+        (run / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="prev.pt") as e:
+        train(None, run, resume=True, show_progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_resume_checks_the_options_it_is_given(tmp_path):
+    base = ["train", "--out", str(tmp_path / "r"), "--model", "wdsr_nsr", "--blocks", "1", "--channels", "8",
+            "--width-multiplier", "2", "--groups", "2", "--cardinality", "1", "--steps", "2", "--patch-size", "16",
+            "--batch-size", "2", "--threads", "1", "--dataset", "t91", "--schedule", "cosine"]
+    r = run_cli(*base)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*[a if a != "cosine" else "multistep" for a in base], "--resume")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "schedule 'multistep' (run: 'cosine')" in lines[0], r.stderr
+    r = run_cli(*base, "--resume")  # the same command continues (here: the run is complete)
+    assert r.returncode == 0, r.stderr

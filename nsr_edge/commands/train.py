@@ -16,7 +16,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Train with the reference recipe: L1 loss, Adam, multi-step decay, random crops "
                        "with flips and transpose. Multi-GPU: torchrun --nproc_per_node N -m nsr_edge.cli train ...")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log); must be new unless --resume")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; options given with it must be the run's "
+                   "own (--threads, --device, --data-dir, --checkpoint-every may change)")
     p.add_argument("--model", default="wdsr_nsr", help="preset or architecture to train (default wdsr_nsr)")
     p.add_argument("--task", choices=("sr", "denoise", "jpeg"), dest="task_given",
                    help="default: sr, or the task of --init-from")
@@ -31,6 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--milestones", type=float_in(0, 1), nargs="*", default=[2 / 3, 5 / 6],
                    help="fractions of --steps where the learning rate is multiplied by --lr-decay")
     p.add_argument("--lr-decay", type=POSITIVE_FLOAT, default=0.2)
+    p.add_argument("--schedule", choices=("multistep", "cosine"), default="multistep",
+                   help="learning rate: multistep (the reference: x --lr-decay at --milestones) or cosine (to 0)")
     p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=POSITIVE, default=500)
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's choice)")
@@ -54,6 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help='JSON sparsity options, e.g. \'{"temperature": [1, 0.05, 0.75], "load_balance": 0.01}\'')
     add_architecture_options(p)
     p.set_defaults(func=cmd_train)
+    p.set_defaults(option_defaults={a.dest: a.default for a in p._actions if a.dest not in ("help", "func")})
 
 
 def _routing_overrides(args: argparse.Namespace) -> dict:
@@ -83,9 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.task = args.task_given or "sr"
     check_writable(args.out, "--out")
     if args.resume:
-        path = train(None, args.out, resume=True)  # the config comes from the checkpoint
-        print(f"done: {path}")
-        return 0
+        # Only --out (and how/where it runs): the configuration comes from the checkpoint. Any other option: the
+        # whole command is rebuilt below and must describe the run being resumed (train() names what differs).
+        given = {d for d, default in args.option_defaults.items() if getattr(args, d, default) != default}
+        how = {"threads", "device", "data_dir", "checkpoint_every"}
+        if not given - how - {"out", "resume", "max_memory_gb"}:
+            overrides = {k: getattr(args, k) for k in given & how}
+            path = train(None, args.out, resume=True, overrides=overrides)
+            print(f"done: {path}")
+            return 0
     init_task = None
     if args.init_from:
         # Fine-tune mode: architecture and task come from the starting model; routing options may change
@@ -119,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         task=task, model=config, dataset=args.dataset, steps=args.steps, batch_size=args.batch_size,
         patch_size=args.patch_size, lr=args.lr, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
+        schedule=args.schedule,
         seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
         data_dir=args.data_dir, init_from=init_path, sparsity=sparsity,
         distill_from=str(hub.checkpoint_path(args.distill_from)) if args.distill_from else None,
@@ -137,6 +149,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # a layer refused the configuration
         raise UserError(f"invalid model options: {e}") from None
     print(summary)
-    path = train(cfg, args.out)
+    path = train(cfg, args.out, resume=args.resume)
     print(f"done: {path}")
     return 0

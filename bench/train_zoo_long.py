@@ -1,0 +1,90 @@
+"""Longer zoo training (issue 15 item 2): continue a zoo model with a longer cosine schedule on larger patches.
+
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/train_zoo_long.py nsr_sr_x2          # start or continue
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/train_zoo_long.py nsr_sr_x2 --eval   # latest checkpoint on Set5
+    .venv/bin/python bench/train_zoo_long.py --list
+
+One resumable `nsr-edge train` run per job in runs/zoo_long/<id>/ (git-ignored): rerunning the same command continues
+it from its last checkpoint (the run's own options are passed with --resume, so a changed job definition is refused
+in one line instead of silently training something else). Console output is appended to runs/zoo_long/<id>.out, the
+loss per 50 steps is in runs/zoo_long/<id>/log.jsonl, CPU seconds so far in the checkpoint's provenance.
+
+Budget: the zoo model's own training (5,000 steps of 16 x 32 px, ~16 CPU-minutes) plus LONG_STEPS steps of 16 x 48 px
+(about 0.4 s per step on one core of this machine: ~1.7 CPU-hours), Adam restarted at 5e-4 with a cosine decay to 0.
+The dense baselines get the same continuation (same steps, patches and schedule) before a comparison is published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "zoo_long"
+LONG_STEPS = 15000
+RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", "threads": 1, "checkpoint_every": 200}
+# Which zoo models can be continued (x3/x4 NSR and every dense baseline: same recipe, later sessions).
+JOBS = ["nsr_sr_x2", "dense_sr_x2_eqmacs", "dense_sr_x2_eqparams", "nsr_sr_x3", "nsr_sr_x4"]
+
+
+def command(zoo_id: str) -> list[str]:
+    r = RECIPE
+    return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
+            "--init-from", zoo_id, "--steps", str(LONG_STEPS), "--batch-size", str(r["batch_size"]),
+            "--patch-size", str(r["patch_size"]), "--lr", str(r["lr"]), "--schedule", r["schedule"],
+            "--threads", str(r["threads"]), "--checkpoint-every", str(r["checkpoint_every"])]
+
+
+def run(zoo_id: str) -> int:
+    out = RUNS / zoo_id
+    cmd = command(zoo_id)
+    if (out / "last.pt").is_file() or (out / "prev.pt").is_file():
+        cmd.append("--resume")  # same options: nsr-edge refuses in one line if they are not the run's
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with open(RUNS / f"{zoo_id}.out", "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def evaluate(zoo_id: str, sets: list[str]) -> int:
+    """The run's latest checkpoint (last.pt) with `nsr-edge eval` (reference protocol), plus where the run stands."""
+    from nsr_edge.checkpoint import load_checkpoint
+
+    ckpt_path = RUNS / zoo_id / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    prov = ckpt.provenance
+    r = subprocess.run([sys.executable, "-m", "nsr_edge.cli", "eval", "--model", str(ckpt_path), "--dataset", *sets,
+                        "--json"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        print(r.stderr.strip(), file=sys.stderr)
+        return r.returncode
+    results = json.loads(r.stdout)["results"]
+    row = {"id": zoo_id, "step": prov["steps"], "of": LONG_STEPS, "wall_seconds": prov["train_seconds"],
+           "cpu_seconds": prov.get("train_cpu_seconds"),
+           "results": {x["dataset"]: [x["psnr_y"], x["ssim_y"]] for x in results}}
+    print(json.dumps(row))
+    with open(RUNS / f"{zoo_id}.evals.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("id", nargs="?", choices=JOBS)
+    ap.add_argument("--eval", action="store_true", help="evaluate the run's last.pt instead of training")
+    ap.add_argument("--sets", nargs="*", default=["set5"])
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list or not args.id:
+        for j in JOBS:
+            print(j, " ".join(command(j)[2:]))
+        return 0
+    return evaluate(args.id, args.sets) if args.eval else run(args.id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
