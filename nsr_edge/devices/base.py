@@ -337,7 +337,10 @@ def run_on_device(transport: Transport, artifact_dir: str | os.PathLike, command
             transport.push(bundle, remote_dir)
             staged = artifact_dir.resolve()
             transport.push(staged, remote_dir)
-            env = {"PYTHONPATH": f"{remote_dir}/{BUNDLE_NAME}", "PYTHONDONTWRITEBYTECODE": "1", **options.extra_env}
+            # the bundle first on sys.path, and not the current folder (PYTHONSAFEPATH, 3.11+): an nsr_edge folder
+            # in the device user's home must not shadow it
+            env = {"PYTHONPATH": f"{remote_dir}/{BUNDLE_NAME}", "PYTHONSAFEPATH": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                   **options.extra_env}
             argv = device_cli_argv(transport, remote_dir, staged.name, options)
             proc = transport.run(argv, options.timeout, env, pid_file=f"{remote_dir}/pid")
             result = parse_result(transport, proc)

@@ -156,6 +156,8 @@ class SshTransport(Transport):
         for pattern, what in _SSH_ERRORS:
             if pattern.search(err or ""):
                 return DeviceError(f"{self.describe()}: {what}" + ("" if doing == "connect" else f" while {doing}"))
+        if proc.returncode == 255 and doing != "connect":  # ssh's own failure after it had connected
+            return DeviceError(f"{self.describe()}: the connection dropped while {doing}" + (f": {tail}" if tail else ""))
         return DeviceError(f"{self.describe()}: {doing} failed: {tail or f'exit code {proc.returncode}'}")
 
     def check(self, runner: str | None = None) -> None:
