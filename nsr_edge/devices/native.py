@@ -102,8 +102,9 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
     ``--enable_op_profiling``. One line (`DeviceError`) when the benchmark failed."""
     new, old = _TFL_NEW.search(text), _TFL_OLD.search(text)
     if not (new or old):
-        errs = _TFL_ERROR.findall(text)
-        raise DeviceError("benchmark_model failed: " + (errs[-1].strip() if errs else last_line(text) or "no output"))
+        errs = [e.strip() for e in _TFL_ERROR.findall(text)]
+        why = next((e for e in errs if "Node number" in e), errs[0] if errs else last_line(text) or "no output")
+        raise DeviceError(f"benchmark_model failed: {why}")
     out: dict[str, Any] = {"tool": "benchmark_model"}
     if new:
         init, first, warm, inf = (float(g) for g in new.groups())
