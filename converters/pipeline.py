@@ -8,6 +8,7 @@ quantized module, the lowering result), so a test or a notebook can stop after a
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nsr_edge.errors import UserError
-from nsr_edge.runtime.card import (SCHEMA, VERSION, ArtifactInfo, IOSpec, MethodSpec, ModelCard, ModelInfo, Source,
-                                   TensorSpec, load_card, now_utc, portable, write_card)
+from nsr_edge.runtime.card import (SCHEMA, VERSION, ArtifactInfo, IOSpec, MethodSpec, ModelCard, ModelInfo,
+                                   ReferenceOutputs, Source, TensorSpec, load_card, now_utc, portable, write_card)
 from nsr_edge.runtime.files import artifact_digest
 
 from .base import (LoweringContext, LoweringResult, ModelFacts, Recipe, Target, atomic_output_dir, check_output_dir,
@@ -25,6 +28,7 @@ from .base import (LoweringContext, LoweringResult, ModelFacts, Recipe, Target, 
 
 TILE_PAD = 4  # context margin per tile side (the reference's 4 px)
 MIN_TILE = 24
+REFERENCE_TILES = 4  # real tiles stored with the FP32 model's outputs (reference.npz) for torch-free validation
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Conversion:
     module: Any = None  # what is lowered: deploy form, or the PT2E-converted module
     quant_info: dict[str, Any] | None = None
     lowered: LoweringResult | None = None
+    reference: tuple[bytes, ReferenceOutputs] | None = None  # reference.npz and its card entry (`reference_outputs`)
+    reference_note: str | None = None  # why none was stored
 
     # ------------------------------------------------------------------------------------------------------ stages
     def resolve(self) -> "Conversion":
@@ -146,6 +152,47 @@ class Conversion:
             raise RuntimeError(f"target {self.target.name} did not produce {art}")
         return self
 
+    def reference_outputs(self) -> "Conversion":
+        """``reference.npz``: `REFERENCE_TILES` real tiles of the task's first evaluation set (the first image at
+        least one tile large, tiles evenly spaced over it: a fixed choice) and the FP32 PyTorch training-form
+        model's outputs on them, float32 NCHW (`runtime.reference_outputs`). Without that data set, none is stored
+        (``reference_note`` says why) and the conversion goes on."""
+        from nsr_edge.evaluate import torch_tile_fn
+        from nsr_edge.runtime import tiling
+        from nsr_edge.runtime.datasets import list_eval_images
+        from nsr_edge.runtime.evaluation import prepare
+        from nsr_edge.runtime.reference_outputs import REFERENCE_FILE, reference_npz
+
+        o, task = self.options, self.task
+        dataset = task.eval_sets[0]
+        try:
+            pairs = list_eval_images(dataset, task.scale if task.name == "sr" else None, o.data_dir)
+        except (FileNotFoundError, ValueError, UserError) as e:
+            self.reference_note = f"no reference outputs stored ({str(e).splitlines()[0][:160]})"
+            return self
+        spec = tiling.deploy_spec(o.tile, pad=TILE_PAD)
+        tiles = None
+        for pair in pairs:  # in the data set's (sorted) order
+            try:
+                _, x, _ = prepare(pair, task)
+            except (ValueError, TypeError, OSError):
+                continue
+            if min(x.shape[1:]) >= o.tile:
+                cut, _ = tiling.split(x, spec)
+                tiles = cut[:: max(1, len(cut) // REFERENCE_TILES)][:REFERENCE_TILES]
+                break
+        if tiles is None:
+            self.reference_note = f"no reference outputs stored (no image of {dataset} is {o.tile} px or larger)"
+            return self
+        tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+        outputs = np.ascontiguousarray(torch_tile_fn(self.resolved.build())(tiles), dtype=np.float32)
+        data = reference_npz(tiles, outputs)
+        self.reference = (data, ReferenceOutputs(
+            file=REFERENCE_FILE, sha256=hashlib.sha256(data).hexdigest(), tiles=int(len(tiles)), input_shape=list(tiles.shape),
+            output_shape=list(outputs.shape), dataset=dataset,
+            model=f"{self.resolved.id}: FP32 PyTorch, training form"))
+        return self
+
     def card(self) -> ModelCard:
         """The model card (runtime/card.py's typed contract; docs/model_card.md)."""
         from nsr_edge.models import count_parameters
@@ -175,12 +222,18 @@ class Conversion:
             ),
             methods=[MethodSpec(m.name, m.input_shape, m.output_shape) for m in low.methods],
             delegation=low.delegation_summary(), tools=tool_versions(), target_extra=dict(low.extra),
+            reference_outputs=self.reference[1] if self.reference else None,
         )
 
     def write(self, out: str, force: bool) -> Path:
+        if self.reference is None and self.reference_note is None:
+            self.reference_outputs()
         card = self.card()
-        with atomic_output_dir(out, force) as tmp:
-            for name, data in {**self.lowered.files, **self.lowered.side_files}.items():
+        files = {**self.lowered.files, **self.lowered.side_files}
+        if self.reference is not None:
+            files[self.reference[1].file] = self.reference[0]
+        with atomic_output_dir(out, force) as tmp:  # the whole folder appears in one rename
+            for name, data in files.items():
                 path = tmp / name
                 path.parent.mkdir(parents=True, exist_ok=True)  # directory artifacts (a Core ML .mlpackage)
                 path.write_bytes(data)
@@ -245,6 +298,8 @@ def convert(options: ConvertOptions, out: str, force: bool = False) -> tuple[Pat
     check_output_dir(out, force)  # fail before minutes of calibration, not after
     conv = Conversion(options).resolve().make_deploy().quantize().lower()
     path = conv.write(out, force)
+    if conv.reference_note and options.progress:
+        print(f"convert: {conv.reference_note}; validation without PyTorch will not be possible", file=sys.stderr)
     return path, load_card(path)
 
 

@@ -120,6 +120,25 @@ def validate_images(
     return {"summary": summarize(rows), "images": rows}
 
 
+# runner -> (modules, any one of which runs it; what to install). Core ML needs nothing here: the MIL evaluator is
+# numpy (a Core ML-delegated .pte needs executorch, which its runner says).
+RUNTIME_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "executorch": (("executorch",), "pip install executorch (it brings torch; or the toolkit: pip install 'nsr-edge[full]')"),
+    "dispatch": (("executorch",), "pip install executorch (it brings torch; or the toolkit: pip install 'nsr-edge[full]')"),
+    "onnxruntime": (("onnxruntime",), "pip install onnxruntime"),
+    "litert": (("ai_edge_litert", "tflite_runtime"), "pip install ai-edge-litert (or tflite-runtime==2.14.0 with numpy<2)"),
+}
+
+
+def require_runtime(runner: str) -> None:
+    """One line, before any child process starts, when the runtime the card's ``runner`` needs is not installed."""
+    import importlib.util
+
+    modules, hint = RUNTIME_PACKAGES.get(runner, ((), ""))
+    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise UserError(f"this artifact runs on {runner} (the card's runner), which is not installed here: {hint}")
+
+
 def validate_artifact(
     artifact_dir: str,
     card: "ModelCard",
@@ -139,11 +158,78 @@ def validate_artifact(
 
     path = artifact_path(artifact_dir, card)
     task, spec = card.task, tile_spec(card)
+    require_runtime(card.runner)
     with RunnerProcess(card.runner, str(path), "forward", threads) as proc:
         ref = make_reference() if make_reference is not None else None
         return {label: validate_images(inputs, task, spec, proc.run, ref, batch_size=proc.input_shape[0],
                                        allow_small=allow_small, progress=progress)
                 for label, inputs in images.items()}
+
+
+def validate_stored(artifact_dir: str, card: "ModelCard", threads: int = 1, in_process: bool = False) -> dict[str, Any]:
+    """Run the artifact on the reference tiles stored beside it (``reference.npz``, `reference_outputs`) and compare
+    its outputs with the FP32 PyTorch outputs stored there: what a device without PyTorch can check.
+
+    The artifact runs through its runner in a child process (a native abort is one line), or in this process with
+    ``in_process`` (where child processes cannot be spawned, e.g. under an emulator). Returns
+    ``{"summary": {...}, "tiles": [...], "reference": {...}, "finite": bool}``; summary keys (the `validate_images`
+    names where they mean the same): ``psnr_vs_reference`` (dB over all stored tiles, outputs clipped to [0, 1];
+    None for identical outputs, counted in ``psnr_vs_reference_identical_images`` as `summarize` does),
+    ``max_abs_vs_reference``, ``tiles``, ``finite`` and ``non_finite`` (values that were NaN or infinite: then the
+    two comparisons are None and `check` fails the run). One-line `UserError` for a missing or mismatching
+    reference file (`reference_outputs.load_reference_outputs`)."""
+    from .card import artifact_path
+    from .reference_outputs import load_reference_outputs
+
+    inputs, ref = load_reference_outputs(artifact_dir, card)  # before the runtime starts
+    path = str(artifact_path(artifact_dir, card))
+    require_runtime(card.runner)
+    if in_process:
+        from .runners import get_runner
+
+        with get_runner(card.runner).open_session(path, "forward", threads) as session:
+            out = session.run(inputs)
+    else:
+        from .runners.child import RunnerProcess
+
+        with RunnerProcess(card.runner, path, "forward", threads) as proc:
+            out = proc.run(inputs)
+    if out.shape != ref.shape:
+        raise UserError(f"{path}: the artifact's output tiles {list(out.shape)} are not the stored reference's "
+                        f"{list(ref.shape)}")
+    bad = int((~np.isfinite(out)).sum())
+    rows = []
+    for i in range(len(inputs)):
+        row: dict[str, Any] = {"tile": i, "psnr_vs_reference": None, "max_abs_vs_reference": None}
+        if np.isfinite(out[i]).all():
+            row["psnr_vs_reference"] = _finite(metrics.psnr(np.clip(out[i], 0, 1), np.clip(ref[i], 0, 1), data_range=1.0))
+            row["max_abs_vs_reference"] = metrics.max_abs(out[i], ref[i])
+        rows.append(row)
+    s: dict[str, Any] = {"psnr_vs_reference": None, "max_abs_vs_reference": None, "tiles": int(len(inputs)),
+                         "finite": bad == 0, "non_finite": bad}
+    if bad == 0:
+        s["max_abs_vs_reference"] = metrics.max_abs(out, ref)
+        s["psnr_vs_reference"] = _finite(metrics.psnr(np.clip(out, 0, 1), np.clip(ref, 0, 1), data_range=1.0))
+        if s["psnr_vs_reference"] is None:
+            s["psnr_vs_reference_identical_images"] = int(len(inputs))
+    ro = card.reference_outputs
+    return {"summary": s, "tiles": rows, "finite": bad == 0,
+            "reference": {"file": ro.file, "dataset": ro.dataset, "tiles": int(ro.tiles), "model": ro.model}}
+
+
+def format_stored(report: dict[str, Any], title: str = "") -> str:
+    """One paragraph for `validate_stored`'s report."""
+    s, ref = report["summary"], report["reference"]
+    lines = [title] if title else []
+    lines.append(f"vs the stored FP32 reference ({ref['file']}: {ref['tiles']} tiles of {ref['dataset']}, "
+                 f"{ref['model']}):")
+    if not s["finite"]:
+        lines.append(f"  the artifact's output holds {s['non_finite']} non-finite values")
+        return "\n".join(lines)
+    pvr = s["psnr_vs_reference"]
+    lines.append(f"  PSNR {('inf' if pvr is None else f'{pvr:.2f}')} dB, max |artifact - FP32| "
+                 f"{s['max_abs_vs_reference']:.2e}")
+    return "\n".join(lines)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,7 +254,8 @@ def validation_record(dataset: str, summary: dict[str, Any], tol: Tolerances, pa
     """The card's record of a validation run (`card.ValidationRecord`: one shape for every writer)."""
     from .card import ValidationRecord, now_utc, portable
 
-    return ValidationRecord(dataset=portable(dataset), images=int(summary["images"]), summary=dict(summary), passed=passed,
+    summary = {k: v for k, v in summary.items() if not isinstance(v, bool)}  # numbers only (the card's schema)
+    return ValidationRecord(dataset=portable(dataset), images=int(summary["images"]), summary=summary, passed=passed,
                             runner=runner, recorded=now_utc(), tolerances=dict(vars(tol)))
 
 
@@ -218,5 +305,5 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "validate_artifact", "summarize", "validation_record", "check",
-           "format_report"]
+__all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "validate_artifact",
+           "validate_stored", "format_stored", "require_runtime", "RUNTIME_PACKAGES", "summarize", "validation_record", "check", "format_report"]

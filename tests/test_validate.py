@@ -131,3 +131,37 @@ def test_record_from_a_folder_of_images_keeps_the_card_portable(artifacts, tmp_p
     assert r.returncode == 0, r.stderr
     records = read_card_json(artifacts["int8-ptq"])["validation"]
     assert records[-1]["dataset"] == "my photos" and records[-1]["images"] == 1
+
+
+def test_convert_stores_reference_outputs_deterministically(artifacts, tmp_path):
+    """reference.npz: 4 real set5 tiles and the FP32 PyTorch outputs on them, recorded in the card; the same
+    conversion gives the same bytes (fixed tiles, fixed zip dates); validate --stored-reference reads it."""
+    import zipfile
+
+    from nsr_edge.evaluate import torch_tile_fn
+    from nsr_edge.runtime.reference_outputs import load_reference_outputs
+
+    card = load_card(artifacts["int8-ptq"])
+    ro = card.reference_outputs
+    assert (ro.file, ro.tiles, ro.dataset, ro.input_shape, ro.output_shape) == (
+        "reference.npz", 4, "set5", [4, 3, 32, 32], [4, 3, 64, 64])
+    data = (artifacts["int8-ptq"] / "reference.npz").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == ro.sha256
+    with zipfile.ZipFile(artifacts["int8-ptq"] / "reference.npz") as zf:
+        assert [(i.filename, i.date_time) for i in zf.infolist()] == [("inputs.npy", (1980, 1, 1, 0, 0, 0)),
+                                                                      ("outputs.npy", (1980, 1, 1, 0, 0, 0))]
+    x, y = load_reference_outputs(artifacts["int8-ptq"], card)
+    assert x.dtype == y.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 and x.std() > 0.05  # real image tiles
+    from nsr_edge import hub
+
+    ref = torch_tile_fn(hub.resolve(str(artifacts["ckpt"]), require_trained=True).build())(x)
+    assert np.array_equal(ref, y)
+    opts = ConvertOptions(str(artifacts["ckpt"]), tile=32, progress=False)
+    again, _ = convert(opts, str(tmp_path / "fp32"))
+    assert (again / "reference.npz").read_bytes() == data  # another recipe, same tile: the same reference
+    assert not [p for p in again.iterdir() if p.name.startswith(".")]
+    r = run_cli("validate", again, "--stored-reference", "--json", "--max-abs", "1e-4", "--record")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["reference"] == "stored" and rep["summary"]["max_abs_vs_reference"] < 1e-4
+    assert read_card_json(again)["validation"][-1]["summary"]["reference_tiles"] == 4

@@ -57,6 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="the FP32 checkpoint the artifact was converted from (default: the zoo model, "
                    "or the card's checkpoint file name in the current folder); its SHA-256 must match the card")
     p.add_argument("--no-reference", action="store_true", help="skip the FP32 PyTorch reference (task metrics only)")
+    p.add_argument("--stored-reference", action="store_true", help="compare with the FP32 outputs convert stored "
+                   "beside the artifact (reference.npz) instead of running PyTorch; the default where PyTorch is not "
+                   "installed")
     p.add_argument("--allow-small", action="store_true", help="pad images smaller than the tile instead of refusing")
     p.add_argument("--max-drop-db", type=finite_float, help="fail if FP32 Y-PSNR minus the artifact's exceeds this")
     p.add_argument("--min-psnr-vs-reference", type=finite_float, help="fail if PSNR vs the FP32 output is below this (dB)")
@@ -145,36 +148,75 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     if on_device(args):  # --device other than plain local: nsr_edge/devices/commands.py
         return validate_on_device(args)
+    import importlib.util
+
     from ..runtime import validate as V
     from ..runtime.card import load_card, record_validation, tile_spec
     from ..runtime.evaluation import task_images
 
     if args.reference and args.no_reference:
         raise UserError("--reference and --no-reference contradict each other: pass one")
+    if args.stored_reference and (args.reference or args.no_reference):
+        raise UserError(f"--stored-reference and {'--reference' if args.reference else '--no-reference'} "
+                        "contradict each other: pass one")
     if args.max_drop_db is not None and args.no_reference:
         raise UserError("--max-drop-db compares with the FP32 model: it cannot be used with --no-reference")
+    no_torch = importlib.util.find_spec("torch") is None
+    stored = args.stored_reference or (no_torch and not args.no_reference)
+    if stored and args.reference:  # no PyTorch to run it with
+        raise UserError("--reference runs the FP32 checkpoint in PyTorch, which is not installed here: drop it to "
+                        "compare with the stored reference outputs (reference.npz)")
+    if stored and args.max_drop_db is not None:
+        raise UserError("--max-drop-db needs the FP32 PyTorch model's PSNR on the data set" + (
+            ", and PyTorch is not installed here" if no_torch else "") + ": check the stored reference with --max-abs "
+            "or --min-psnr-vs-reference instead")
+    if args.per_layer and (stored or no_torch):
+        raise UserError("--per-layer needs the toolkit's PyTorch stack (ETRecord/Inspector), which is not used here")
     card = load_card(args.artifact)
     spec = tile_spec(card)
-    label, inputs = task_images(card.task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
-    make_reference = None if args.no_reference else (lambda: reference_fn(card, args.reference))
-    report = V.validate_artifact(args.artifact, card, {label: inputs}, make_reference, args.threads,
-                                 args.allow_small, not args.quiet)[label]
+    tol = V.Tolerances(args.max_drop_db, args.min_psnr_vs_reference, args.max_abs)
+    report: dict[str, Any] = {}
+    fails: list[str] = []
+    if stored:
+        if no_torch and not args.stored_reference and not args.quiet and not args.json:
+            print("PyTorch is not installed: comparing with the stored FP32 reference outputs (reference.npz)")
+        report["stored"] = V.validate_stored(args.artifact, card, args.threads)
+        if not report["stored"]["finite"]:
+            fails.append(f"the artifact's output holds {report['stored']['summary']['non_finite']} non-finite values "
+                         "on the stored reference tiles")
+    label = f"{card.reference_outputs.dataset} (stored reference tiles)" if stored else None
+    if not stored or args.dataset or args.dataset_dir:  # ground truth: the data set named, or the task's first
+        label, inputs = task_images(card.task, args.dataset, args.dataset_dir, args.data_dir, args.limit)
+        make_reference = None if (args.no_reference or stored) else (lambda: reference_fn(card, args.reference))
+        report.update(V.validate_artifact(args.artifact, card, {label: inputs}, make_reference, args.threads,
+                                          args.allow_small, not args.quiet)[label])
+        if args.per_layer:
+            from ..etdevtools import per_layer_gap
+
+            report["per_layer"] = per_layer_gap(args.artifact, card, inputs[0][1], spec)
+    if stored:  # the reference comparisons come from the stored tiles
+        ss = report["stored"]["summary"]
+        summary = report.setdefault("summary", {"images": 0})
+        for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
+            if key in ss:
+                summary[key] = ss[key]
+        summary["reference_tiles"] = ss["tiles"]
+        report.setdefault("images", [])
     report["dataset"] = label
+    report["reference"] = ("stored" if stored else "none" if args.no_reference else "pytorch")
     report["artifact"] = {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                           "tile": spec.tile}
-    if args.per_layer:
-        from ..etdevtools import per_layer_gap
-
-        report["per_layer"] = per_layer_gap(args.artifact, card, inputs[0][1], spec)
-    tol = V.Tolerances(args.max_drop_db, args.min_psnr_vs_reference, args.max_abs)
-    fails = V.check(report["summary"], tol)
+    fails += V.check(report["summary"], tol)
     report["passed"] = not fails
     if args.record:
         record_validation(args.artifact, V.validation_record(label, report["summary"], tol, not fails, card.runner))
     if args.json:
         print_json(report)
     else:
-        print(V.format_report(report, f"{card.title} on {label}"))
+        if report["images"]:
+            print(V.format_report(report, f"{card.title} on {label}"))
+        if stored:
+            print(V.format_stored(report["stored"], "" if report["images"] else card.title))
         if report.get("per_layer"):
             from ..etdevtools import format_per_layer
 
@@ -192,8 +234,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return profile_on_device(args)
     from ..runtime.card import load_card, record_profile
     from ..runtime.profile import profile_artifact, profile_record
+    from ..runtime.validate import require_runtime
 
     card = load_card(args.artifact)
+    require_runtime(card.runner)
     if args.per_op and card.runner != "executorch":
         raise UserError(f"--per-op is available for ExecuTorch artifacts (this one is {card.runner})")
     with tempfile.TemporaryDirectory() as tmp:
