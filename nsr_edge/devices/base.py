@@ -78,6 +78,11 @@ class Transport:
     ``name``: the ``--device`` value as recorded (``ssh:root@host:2222``); ``kind``: ``local``/``ssh``/``adb``/
     ``arm-emu`` (`card.DeviceInfo.transport`). Remote paths are POSIX strings. Every method raises `DeviceError`
     (one line) when the device cannot do it.
+
+    A transport whose commands differ (ARM emulation: instruction counts instead of latency) may define
+    ``validate_command(args, card) -> int`` and/or ``profile_command(args, card) -> int``: ``nsr-edge validate|profile
+    --device`` then hands the parsed arguments and the loaded card to it instead of the shared path
+    (`commands.validate_on_device` / `commands.profile_on_device`).
     """
 
     name: str = ""

@@ -94,6 +94,9 @@ def validate_on_device(args: argparse.Namespace) -> int:
     })
     transport = transport_for(args)
     card = load_card(args.artifact)
+    hook = getattr(transport, "validate_command", None)  # a transport with its own validate (see base.Transport)
+    if hook is not None:
+        return hook(args, card)
     load_reference_outputs(args.artifact, card)  # a missing or mismatching reference.npz: before the device is touched
     tol = V.Tolerances(None, args.min_psnr_vs_reference, args.max_abs)
     result = run_on_device(transport, args.artifact, "validate",
@@ -137,6 +140,9 @@ def profile_on_device(args: argparse.Namespace) -> int:
 
     transport = transport_for(args)
     card = load_card(args.artifact)
+    hook = getattr(transport, "profile_command", None)  # a transport with its own profile (see base.Transport)
+    if hook is not None:
+        return hook(args, card)
     run = DeviceRun("profile", threads=args.threads, runs=args.runs, warmup=args.warmup)
     if args.runner:
         from .native import run_native
