@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 RPY := $(RUNTIME_VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)  # Debian packages for test-apps: root installs them directly
 
-.PHONY: demo test test-full test-runtime test-apps setup setup-runtime clean-venvs
+DEVICE_FIXTURES := build/device-fixtures
+
+.PHONY: demo test test-full test-runtime test-apps setup setup-runtime device-fixtures clean-venvs
 
 # The main job on the bundled default model (set-up included).
 demo: setup
@@ -18,8 +20,21 @@ test: test-full test-runtime test-apps
 test-full: setup
 	$(PY) -m pytest -q
 
-test-runtime: setup-runtime
-	NSR_EDGE_EXPECT_NO_TORCH=1 $(RPY) -m pytest -q -p no:cacheprovider tests/runtime
+# runtime/ in the device venv (no torch), including validate/profile of .tflite and .onnx artifacts against the FP32
+# reference outputs convert stored beside them (tests/runtime/test_device_env.py on the device fixtures).
+test-runtime: setup-runtime device-fixtures
+	NSR_EDGE_EXPECT_NO_TORCH=1 NSR_EDGE_DEVICE_FIXTURES=$(CURDIR)/$(DEVICE_FIXTURES) $(RPY) -m pytest -q -p no:cacheprovider tests/runtime
+
+# Small artifacts for the device venv's tests (nsr_sr_x2 at tile 32: LiteRT and ONNX Runtime, FP32 and INT8, plus
+# files the device runtime must refuse), converted with the full venv (~1 min); rebuilt only when what makes them
+# changes.
+device-fixtures: $(DEVICE_FIXTURES)/.built
+$(DEVICE_FIXTURES)/.built: $(VENV)/.installed tests/device_fixtures.py $(wildcard converters/*.py) \
+		$(wildcard zoo/nsr_sr_x2/*) runtime/card.py runtime/reference_outputs.py runtime/tiling.py nsr_edge/deploy.py \
+		nsr_edge/models.py nsr_edge/layers.py nsr_edge/quant.py
+	mkdir -p $(dir $(DEVICE_FIXTURES))
+	$(PY) tests/device_fixtures.py $(DEVICE_FIXTURES) >$(DEVICE_FIXTURES).log 2>&1 || (tail -20 $(DEVICE_FIXTURES).log; exit 1)
+	touch $@
 
 # The demo apps' tiling cores: the Kotlin one compiles and passes its JUnit tests here (Debian's kotlin 1.3, one
 # kotlinc call, ~40 s with the install); the Swift one needs a Swift toolchain (ios_demo/README.md).
@@ -36,10 +51,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[full,test]"
 	touch $@
 
-# The device-side environment: numpy + Pillow (+ pytest, jsonschema for the card tests), no torch. Proves runtime/ needs nothing else.
-$(RUNTIME_VENV)/.installed: pyproject.toml
+# The device-side environment: what a board or phone-like Linux runs, no torch (a test checks): numpy<2, Pillow,
+# tflite-runtime 2.14.0 (LiteRT's older standalone interpreter; it needs numpy<2, so it cannot share the main venv)
+# and onnxruntime, plus pytest, hypothesis and jsonschema for the tests. Proves runtime/ needs nothing else.
+$(RUNTIME_VENV)/.installed: pyproject.toml Makefile
 	test -x $(RPY) || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RPY) -m pip install -q --disable-pip-version-check "numpy>=1.26,<2.4" pillow pytest hypothesis jsonschema
+	$(RPY) -m pip install -q --disable-pip-version-check "numpy>=1.26,<2" pillow "tflite-runtime==2.14.0" onnxruntime \
+		pytest hypothesis jsonschema
 	$(RPY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 

@@ -14,6 +14,7 @@ card's ``target_extra.dispatch`` plan) opens as `LiteRTDispatchSession`: the pla
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,38 @@ from .session import Session
 def method_file(method: str) -> str:
     """The file holding ``method`` (the converter writes the same names)."""
     return "model.tflite" if method == "forward" else f"model_{method}.tflite"
+
+
+def runtime_name(interpreter: Any = None) -> str:
+    """``ai-edge-litert X`` or ``tflite-runtime X``: the package whose interpreter runs (for messages and records)."""
+    from importlib import metadata
+
+    module = getattr(interpreter or interpreter_class(), "__module__", "") or ""
+    dist = "tflite-runtime" if module.startswith("tflite_runtime") else "ai-edge-litert"
+    try:
+        return f"{dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return dist
+
+
+def invoke_error(file: Path | str, e: Exception) -> UserError:
+    """One line for an interpreter that fails inside ``invoke`` (or while allocating): an op its kernels do not
+    have for these types is named, with what to install. tflite-runtime 2.14 has no int8 DIV, for example:
+    ``Div only supports FLOAT32, INT32 and quantized UINT8 now, got 9.Node number 8 (DIV) failed to invoke.``"""
+    text = " ".join(str(e).split())
+    node = re.search(r"Node number (\d+) \((\w+)\) failed to (invoke|prepare)", text)
+    missing = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", text)
+    if missing:
+        op, what = missing.group(1), f"op {missing.group(1)} version {missing.group(2)}"
+    elif node:
+        op, what = node.group(2), f"op {node.group(2)} (node {node.group(1)})"
+    else:
+        return UserError(f"{file}: the LiteRT interpreter failed ({runtime_name()}): {text[:200]}")
+    detail = text.split("Node number")[0].strip().rstrip(".")[:160]
+    return UserError(f"{file}: {what} is not supported by the installed {runtime_name()}"
+                     + (f" ({detail})" if detail and not missing else "")
+                     + f": run it with ai-edge-litert (pip install ai-edge-litert), or convert "
+                       f"again without {op} (e.g. keep that part float with --fp32-parts)")
 
 
 def interpreter_class() -> Any:
@@ -72,7 +105,10 @@ class LiteRTSession(Session):
 
     def _execute(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self._in["index"], x)
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as e:  # an op the installed kernels lack for these types (tflite-runtime: int8 DIV)
+            raise invoke_error(self.path if self.method_name == "forward" else method_file(self.method_name), e) from None
         return self.interpreter.get_tensor(self._out["index"])
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -91,6 +127,8 @@ def _open(interpreter: Any, file: Path, threads: int, allocate: bool = True) -> 
         if allocate:
             interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:  # the interpreter's errors for malformed or unsupported models
+        if re.search(r"Didn't find op for builtin opcode|failed to prepare", str(e)):
+            raise invoke_error(file, e) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{file}: not a loadable LiteRT model ({first[:160]})") from None
     return interp
@@ -115,7 +153,10 @@ class LiteRTDispatchSession(RoutedSession, Session):
 
         def call(program: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
             runner, names, outputs = program
-            result = runner(**dict(zip(names, inputs)))  # copies of the outputs
+            try:
+                result = runner(**dict(zip(names, inputs)))  # copies of the outputs
+            except RuntimeError as e:
+                raise invoke_error(path, e) from None
             return [result[n] for n in outputs]
 
         self.loop = DispatchLoop(plan, call, resolve=resolve)
@@ -150,4 +191,5 @@ def open_session(path: str, method: str = "forward", threads: int = 1, etdump: s
     return cls(path, method, threads, etdump, debug_buffer, debug_buffer_size)
 
 
-__all__ = ["LiteRTSession", "LiteRTDispatchSession", "open_session", "method_file", "interpreter_class"]
+__all__ = ["LiteRTSession", "LiteRTDispatchSession", "open_session", "method_file", "interpreter_class",
+           "runtime_name", "invoke_error"]

@@ -7,6 +7,7 @@ runner, so a native abort in ORT becomes a one-line error.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class OnnxRuntimeSession(Session):
         try:
             self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for malformed models
-            raise UserError(f"{file}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+            raise UserError(load_error(file, str(e), ort.__version__)) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{file}: {len(inputs)} inputs / {len(outputs)} outputs, expected one image in and one out")
@@ -60,6 +61,24 @@ class OnnxRuntimeSession(Session):
 
     def _release(self) -> None:
         self.session = None
+
+
+def load_error(file: Path, message: str, version: str) -> str:
+    """One line for a model ORT refuses: an opset it does not support is named with what it supports (the raw
+    message is a C++ signature and a paragraph)."""
+    opset = re.search(r"Opset (\d+) is under development", message)
+    if opset:
+        upto = re.search(r"support for domain (\S+) is till opset (\d+)", message)
+        known = f" (it supports {upto.group(1)} up to opset {upto.group(2)})" if upto else ""
+        return (f"{file}: ONNX opset {opset.group(1)} is not supported by the installed onnxruntime {version}{known}; "
+                "convert again with an opset it supports, or upgrade it (pip install -U onnxruntime)")
+    opset = re.search(r"[Oo]pset.*?(\d+).*?not supported|Unsupported model IR version: (\d+)[^.\n]*", message)
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    first = re.sub(r"/onnxruntime_src/\S+ [^)]*\) ", "", first)  # drop the C++ location and signature
+    if opset:
+        return (f"{file}: the installed onnxruntime {version} cannot load it ({first[:200]}); upgrade it "
+                "(pip install -U onnxruntime) or convert again")
+    return f"{file}: not a loadable ONNX model ({first[:200]})"
 
 
 open_session = OnnxRuntimeSession
