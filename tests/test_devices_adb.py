@@ -154,8 +154,8 @@ def test_adb_command_lines():
     d = "/data/local/tmp/nsr-edge.abc"
     line = shell_command(t.python_argv() + ["-m", "nsr_edge.runtime.device_cli", "profile", f"{d}/my art"],
                          {"PYTHONPATH": f"{d}/nsr_edge_runtime.zip"}, pid_file=f"{d}/pid")
-    assert line == (f"echo $$ > {d}/pid && exec env PYTHONPATH={d}/nsr_edge_runtime.zip "
-                    f"/data/local/tmp/py/bin/python3 -m nsr_edge.runtime.device_cli profile '{d}/my art'")
+    assert line == (f"echo $$ > {d}/pid && env PYTHONPATH={d}/nsr_edge_runtime.zip "
+                    f"/data/local/tmp/py/bin/python3 -m nsr_edge.runtime.device_cli profile '{d}/my art' ; exit $?")
     rm = remove_command(d)
     assert rm.endswith(f"rm -rf {d}") and f"grep -qF {d} /proc/$p/cmdline" in rm
     with pytest.raises(DeviceError, match="not a folder nsr-edge made"):

@@ -223,7 +223,11 @@ def test_connection_killed_mid_run(sshd, artifact):
     t = threading.Thread(target=work)
     t.start()
     runner = _wait_for_runner(sshd.remote)
+    below = _descendants(runner)  # device_cli and the runtime's child process
+    assert below
     for pid in _descendants(sshd.pid):  # our sshd's per-connection processes: the link to the device goes
+        if pid == runner or pid in below:
+            continue
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -238,6 +242,29 @@ def test_connection_killed_mid_run(sshd, artifact):
     while _alive(runner) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(runner), "the device runner outlived the clean-up"
+    assert not any(_alive(p) for p in below), "the device runner's processes outlived the clean-up"
+
+
+def test_runner_killed_on_the_device(sshd, artifact):
+    """The device's runner dies (a native crash, the OOM killer): one line with the signal, folder removed."""
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            run_on_device(_transport(sshd), artifact, "profile", DeviceRun("profile", runs=1_000_000, warmup=0))
+        except BaseException as e:  # noqa: BLE001 - inspected below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    shell = _wait_for_runner(sshd.remote)
+    cli = [p for p in _descendants(shell) if b"device_cli" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert cli, "no device_cli below the remote shell"
+    os.kill(cli[0], signal.SIGKILL)
+    t.join(120)
+    assert len(errors) == 1 and isinstance(errors[0], DeviceError), errors
+    assert "the device runner died (killed by signal SIGKILL)" in str(errors[0])
+    assert list(sshd.remote.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -248,6 +275,7 @@ def test_interrupted_run_cleans_up(sshd, artifact, sig):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         runner = _wait_for_runner(sshd.remote)
+        below = _descendants(runner)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -259,4 +287,4 @@ def test_interrupted_run_cleans_up(sshd, artifact, sig):
     deadline = time.time() + 10
     while _alive(runner) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(runner)
+    assert not _alive(runner) and not any(_alive(p) for p in below)

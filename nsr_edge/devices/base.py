@@ -232,16 +232,19 @@ def last_line(text: str) -> str:
 
 
 def shell_command(argv: list[str], env: dict[str, str], cwd: str | None = None, pid_file: str | None = None) -> str:
-    """A POSIX shell line running ``argv`` with ``env`` (for ssh and adb shell). With ``pid_file`` the shell
-    writes its pid there and ``exec``s, so `Transport.remove` can stop the runner it became."""
+    """A POSIX shell line running ``argv`` with ``env`` (for ssh and adb shell). With ``pid_file`` the shell writes
+    its pid there first (`remove_command` stops it and the runner below it) and stays the runner's parent, so a runner
+    killed by a signal is an exit code (128 + signal) rather than ssh's own 255."""
     parts = []
     if cwd:
         parts.append(f"cd {shlex.quote(cwd)} &&")
     if pid_file:
-        parts.append(f"echo $$ > {shlex.quote(pid_file)} && exec")
+        parts.append(f"echo $$ > {shlex.quote(pid_file)} &&")
     if env:
         parts += ["env"] + [f"{k}={shlex.quote(v)}" for k, v in env.items()]
     parts += [shlex.quote(a) for a in argv]
+    if pid_file:
+        parts.append("; exit $?")  # not the last command: no shell execs it in place of itself
     return " ".join(parts)
 
 
@@ -251,10 +254,11 @@ def remove_command(remote_dir: str) -> str:
     d = shlex.quote(remote_dir)
     if not Path(remote_dir).name.startswith(REMOTE_DIR_PREFIX):
         raise DeviceError(f"refusing to remove {remote_dir!r}: not a folder nsr-edge made")
-    # only a process whose command line names this folder is ours (a pid file outlives its process)
+    # only a process whose command line names this folder is ours (a pid file outlives its process); sshd and adbd
+    # start the command in its own session, so its process group holds the runner and the runtime's child process
+    stop = "kill -{sig} -$p 2>/dev/null || kill -{sig} $p 2>/dev/null; pkill -{sig} -P $p 2>/dev/null"
     return (f"if [ -f {d}/pid ]; then p=$(cat {d}/pid); if grep -qF {d} /proc/$p/cmdline 2>/dev/null; then "
-            f"pkill -TERM -P $p 2>/dev/null; kill -TERM $p 2>/dev/null; sleep 1; pkill -KILL -P $p 2>/dev/null; "
-            f"kill -KILL $p 2>/dev/null; fi; fi; "
+            f"{stop.format(sig='TERM')}; sleep 1; {stop.format(sig='KILL')}; fi; fi; "
             f"rm -rf {d}")
 
 
