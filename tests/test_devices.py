@@ -258,3 +258,16 @@ def test_runtime_missing_on_the_device_is_one_line(ort_artifact, tmp_path):
     assert list(remote.iterdir()) == []
     line = one_line_error(run_cli("validate", ort_artifact, "--remote-python", tmp_path / "nope" / "python"))
     assert "no Python at" in line
+
+
+def test_plain_local_runs_name_the_device(ort_artifact):
+    """`--device local` (the default) runs as before; its JSON and the card's record say where: this machine."""
+    import platform
+
+    r = run_cli("profile", ort_artifact, "--runs", 2, "--warmup", 0, "--json", "--record")
+    assert r.returncode == 0, r.stderr[-800:]
+    dev = json.loads(r.stdout)["device"]
+    assert (dev["name"], dev["transport"], dev["arch"]) == ("local", "local", platform.machine())
+    assert dev["runtime"].startswith("onnxruntime ") and "runtime_source" not in json.loads(r.stdout)
+    card = json.loads((ort_artifact / "model.json").read_text())
+    assert card["profile"][-1]["device"] == dev

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..devices.commands import add_device_arguments, on_device, profile_on_device, validate_on_device
+from ..devices.commands import (add_device_arguments, local_device, on_device, profile_on_device,
+                                validate_on_device, with_device)
 from ..errors import UserError
 from ..reference import reference_fn
 from ..runtime.files import check_writable
@@ -208,8 +209,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                           "tile": spec.tile}
     fails += V.check(report["summary"], tol)
     report["passed"] = not fails
+    device = local_device(card, args.threads)  # where it ran: this machine
+    report["device"] = vars(device)
     if args.record:
-        record_validation(args.artifact, V.validation_record(label, report["summary"], tol, not fails, card.runner))
+        record_validation(args.artifact, with_device(V.validation_record(label, report["summary"], tol, not fails,
+                                                                     card.runner), device))
     if args.json:
         print_json(report)
     else:
@@ -247,8 +251,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
             from ..etdevtools import per_op_times
 
             result["per_op"] = per_op_times(etdump, Path(args.artifact) / "etrecord.bin")
+    result["device"] = vars(local_device(card, result["threads"]))  # where it ran: this machine
     if args.record:
-        record_profile(args.artifact, profile_record(result))
+        record_profile(args.artifact, with_device(profile_record(result), result["device"]))
     if args.json:
         print_json(result)
         return 0

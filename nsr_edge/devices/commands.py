@@ -62,6 +62,20 @@ def device_line(d: dict[str, Any]) -> str:
             f"{d.get('runtime') or 'runtime ?'}, {d.get('threads')} thread(s){emu}")
 
 
+def local_device(card: Any, threads: int):
+    """This machine as the `card.DeviceInfo` of a plain ``--device local`` run (the runtime the toolkit has)."""
+    from ..runtime.device_info import describe_device, runtime_version
+
+    return describe_device("local", "local", runtime_version(card.runner), threads)
+
+
+def with_device(record: Any, device: Any) -> Any:
+    """A validation/profile record with its ``device`` (a `DeviceInfo` or its dict)."""
+    from ..runtime.card import DeviceInfo
+
+    return dataclasses.replace(record, device=device if isinstance(device, DeviceInfo) else DeviceInfo(**device))
+
+
 def _device_info(result: dict[str, Any]):
     from ..runtime.card import DeviceInfo
 
@@ -185,4 +199,4 @@ def profile_on_device(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_device_arguments", "on_device", "transport_for", "validate_on_device", "profile_on_device",
-           "device_line"]
+           "device_line", "local_device", "with_device"]
