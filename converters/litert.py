@@ -87,21 +87,56 @@ def fp32_regexes(model: Any, fp32_parts: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def quantize_aeq(fp32: bytes, tiles: Any, exclusions: dict[str, str], calibration: Any = None) -> tuple[bytes, Any]:
+def quantize_aeq(fp32: bytes, tiles: Any, exclusions: dict[str, str], calibration: Any = None,
+                 progress: bool = False) -> tuple[bytes, Any]:
     """ai-edge-quantizer ``static_wi8_ai8`` with ``no_quantize`` for every exclusion regex; calibrated on ``tiles``
     (N, C, T, T), or with a previous calibration result (the same tensor names: extra tiles share the scales)."""
     samples = None
     if calibration is None:
         (key,) = _signature_keys(fp32)
         samples = {key: [{"args_0": t[None].astype("float32")} for t in tiles]}
-    return _aeq(fp32, exclusions, samples, calibration)
+    return _aeq(fp32, exclusions, samples, calibration, progress=progress)
+
+
+@contextmanager
+def _quiet_aeq(show: bool) -> Iterator[None]:
+    """ai-edge-quantizer draws tqdm bars (calibration, parameters, transformations) whatever it is told: its
+    calibration bar takes no switch. Without ``show`` every bar is created disabled, and the interpreter's debugging
+    warning (it preserves all tensors to calibrate) is not printed."""
+    import warnings
+
+    from ai_edge_quantizer.utils import progress_utils
+
+    if show:
+        yield
+        return
+    original = progress_utils.ProgressBar.__init__
+
+    def disabled(self: Any, total_steps: int, description: str = "", disappear_on_finish: bool = False,
+                 enable: bool | None = None) -> None:
+        original(self, total_steps, description, disappear_on_finish, enable=False)
+
+    progress_utils.ProgressBar.__init__ = disabled
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            yield
+    finally:
+        progress_utils.ProgressBar.__init__ = original
 
 
 def _aeq(fp32: bytes, exclusions: dict[str, str], samples: dict[str, list[dict[str, Any]]] | None,
-         calibration: Any = None, float_io: bool = False) -> tuple[bytes, Any]:
+         calibration: Any = None, float_io: bool = False, progress: bool = False) -> tuple[bytes, Any]:
     """ai-edge-quantizer ``static_wi8_ai8`` minus the exclusions (``no_quantize``), calibrated on ``samples``
     (signature -> list of {input name: array}) unless a calibration result is given. ``float_io``: every signature's
-    inputs and outputs stay float32 (AEQ's virtual INPUT/OUTPUT ops are not quantized)."""
+    inputs and outputs stay float32 (AEQ's virtual INPUT/OUTPUT ops are not quantized). Its progress bars only with
+    ``progress``."""
+    with _quiet_aeq(progress):
+        return _aeq_run(fp32, exclusions, samples, calibration, float_io)
+
+
+def _aeq_run(fp32: bytes, exclusions: dict[str, str], samples: dict[str, list[dict[str, Any]]] | None,
+             calibration: Any, float_io: bool) -> tuple[bytes, Any]:
     from ai_edge_quantizer import algorithm_manager, quantizer, recipe
 
     q = quantizer.Quantizer(bytearray(fp32))
@@ -286,7 +321,8 @@ def lower_hard(model: Any, examples: list[Any], context: LoweringContext) -> Low
         samples = {name: [{k: np.ascontiguousarray(_nhwc(a).numpy()) for k, a in zip(io[name][0], args)}
                           for args in own] for name, own in inputs.items()}
         exclusions = plan_exclusions(plan, {n: v[2] for n, v in io.items()}, recipe.fp32_parts)
-        quantized, _ = _aeq(data, exclusions, samples, float_io=True)  # the plan's io_dtype: float32
+        quantized, _ = _aeq(data, exclusions, samples, float_io=True,  # the plan's io_dtype: float32
+                            progress=context.progress)
         data = repair_signatures(data, quantized)
     bad = custom_ops(data)
     if bad:
@@ -423,7 +459,8 @@ class LiteRTTarget:
                 y = model(x)
             data = convert_fp32(model, x)
             if recipe.quantized:
-                data, calibration = quantize_aeq(data, context.calibration_tiles, exclusions, calibration)
+                data, calibration = quantize_aeq(data, context.calibration_tiles, exclusions, calibration,
+                                                 progress=context.progress)
             bad = custom_ops(data)
             if bad:
                 raise UserError(f"litert: the converted graph has Flex/custom ops ({', '.join(sorted(set(bad)))}), "

@@ -167,12 +167,18 @@ def part_nodes(graph: Any, model: Any, fp32_parts: tuple[str, ...]) -> dict[str,
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """onnxruntime.quantization logs a pre-processing hint on the root logger for every call."""
+    """onnxruntime.quantization logs a pre-processing hint on the root logger for every call, and its histogram
+    calibration print()s its progress ("Collecting tensor data and making histogram ...") on stdout, where
+    ``convert --json`` writes the card: both are silenced."""
+    import contextlib
+    import os
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
     finally:
         root.setLevel(level)
 
