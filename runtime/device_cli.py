@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--in-process", action="store_true")
         s.add_argument("--save-outputs", help="write the artifact's outputs on the stored reference tiles (.npz)")
         if name == "validate":
+            s.add_argument("--images", help="images.json of pushed evaluation images: PSNR/SSIM vs ground truth too")
+            s.add_argument("--allow-small", action="store_true")
             s.add_argument("--max-abs", type=float)
             s.add_argument("--min-psnr-vs-reference", type=float)
         else:
@@ -69,6 +71,33 @@ def save_outputs(artifact_dir: str, card: Any, path: str, threads: int, in_proce
     with open(path, "wb") as f:
         np.savez(f, outputs=np.ascontiguousarray(out, dtype=np.float32))
     return {"file": os.path.basename(path), "shape": list(out.shape)}
+
+
+def validate_images(artifact_dir: str, card: Any, manifest: str, threads: int, allow_small: bool) -> dict[str, Any]:
+    """PSNR/SSIM vs ground truth on the images a host pushed (``images.json``: ``label`` and ``images``, each
+    ``name``, ``hr`` and optional ``lr`` relative to it), prepared for the task exactly as the host does
+    (`evaluation.prepare`), run through the card's tiling (`validate.validate_artifact`, no FP32 reference here)."""
+    from pathlib import Path
+
+    from . import validate as V
+    from .datasets import EvalPair
+    from .evaluation import prepare
+
+    base = Path(manifest).parent
+    try:
+        spec = json.loads(Path(manifest).read_text())
+        pairs = [EvalPair(i["name"], base / i["hr"], base / i["lr"] if i.get("lr") else None) for i in spec["images"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{manifest}: not an image list nsr-edge pushed ({e})") from None
+    images = []
+    for pair in pairs:
+        try:
+            images.append(prepare(pair, card.task))
+        except (ValueError, TypeError, OSError) as e:
+            raise UserError(f"{pair.hr_path.name}: {e}") from None
+    report = V.validate_artifact(artifact_dir, card, {spec["label"]: images}, None, threads, allow_small,
+                                 progress=False)[spec["label"]]
+    return {"label": spec["label"], **report}
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -95,6 +124,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "artifact": {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                          "tile": spec.tile},
         }
+        if args.images and args.in_process:
+            raise UserError("--images runs the artifact over whole images in a child process; not with --in-process")
+        if args.images:
+            result["dataset"] = validate_images(args.artifact, card, args.images, args.threads, args.allow_small)
         code = 1 if fails else 0
     else:
         from .profile import profile_artifact

@@ -122,8 +122,10 @@ def test_malformed_device_on_the_command_line(tmp_path):
 
 
 def test_data_set_options_are_refused_with_a_device(tmp_path):
-    line = one_line_error(run_cli("validate", tmp_path, "--device", "ssh:root@127.0.0.1:1", "--dataset", "set5"))
-    assert "--dataset needs the images on the device" in line
+    line = one_line_error(run_cli("validate", tmp_path, "--device", "ssh:root@127.0.0.1:1", "--limit", "2"))
+    assert "--limit applies to --dataset/--dataset-dir" in line
+    line = one_line_error(run_cli("validate", tmp_path, "--device", "ssh:root@127.0.0.1:1", "--reference", "x.pt"))
+    assert "--reference runs the FP32 model in PyTorch on the host" in line
     line = one_line_error(run_cli("validate", tmp_path, "--device", "ssh:root@127.0.0.1:1", "--max-drop-db", "0.1"))
     assert "--max-drop-db" in line and "--max-abs" in line
 

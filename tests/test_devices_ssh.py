@@ -160,6 +160,23 @@ def test_validate_and_profile_over_ssh(sshd, artifact):
     assert v.returncode == 0 and f"device {sshd.device}:" in v.stdout and "stored FP32 reference" in v.stdout
 
 
+def test_data_set_on_the_device_scores_as_on_the_host(sshd, artifact):
+    """--dataset with a device: the images are pushed, prepared and scored there; PSNR vs ground truth equals the
+    host's own run of the same artifact (same runtime version), image by image."""
+    d = run_cli("validate", artifact, *_args(sshd), "--dataset", "set5", "--limit", 2, "--json")
+    h = run_cli("validate", artifact, "--dataset", "set5", "--limit", 2, "--no-reference", "--json")
+    assert d.returncode == 0, d.stderr[-800:]
+    assert h.returncode == 0, h.stderr[-800:]
+    dev, host = json.loads(d.stdout), json.loads(h.stdout)
+    assert dev["dataset"] == "set5" and len(dev["images"]) == 2
+    # same outputs, so the same PSNR to the last bit; SSIM's filtering differs in the 7th decimal between the device
+    # venv's numpy 1.26 and the toolkit's numpy 2.3
+    assert [(r["name"], r["psnr_y"]) for r in dev["images"]] == [(r["name"], r["psnr_y"]) for r in host["images"]]
+    assert [r["ssim_y"] for r in dev["images"]] == pytest.approx([r["ssim_y"] for r in host["images"]], abs=1e-6)
+    assert dev["summary"]["psnr_y"] == host["summary"]["psnr_y"] and dev["summary"]["reference_tiles"] == 4
+    assert list(sshd.remote.iterdir()) == []
+
+
 def test_device_outputs_equal_host_outputs(sshd, artifact, tmp_path):
     """--save-outputs: the device's outputs on the stored tiles, bit for bit the host runtime's (same ORT version)."""
     from nsr_edge.runtime.card import artifact_path, load_card

@@ -68,6 +68,8 @@ class DeviceRun:
     min_psnr_vs_reference: float | None = None
     save_outputs: Path | None = None  # local .npz for the artifact's outputs on the stored reference tiles
     in_process: bool = False
+    images: Path | None = None  # validate: a local folder with images.json (`commands.stage_images`), pushed too
+    allow_small: bool = False
     timeout: float = RESULT_TIMEOUT_S
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -295,6 +297,10 @@ def device_cli_argv(transport: Transport, remote_dir: str, artifact_name: str, r
             argv += ["--min-psnr-vs-reference", repr(float(run.min_psnr_vs_reference))]
     if run.save_outputs is not None:
         argv += ["--save-outputs", f"{remote_dir}/outputs.npz"]
+    if run.images is not None:
+        argv += ["--images", f"{remote_dir}/{Path(run.images).name}/images.json"]
+    if run.allow_small:
+        argv.append("--allow-small")
     if run.in_process or transport.in_process:
         argv.append("--in-process")
     return argv
@@ -346,6 +352,8 @@ def run_on_device(transport: Transport, artifact_dir: str | os.PathLike, command
             transport.push(bundle, remote_dir)
             staged = artifact_dir.resolve()
             transport.push(staged, remote_dir)
+            if options.images is not None:
+                transport.push(Path(options.images), remote_dir)
             # the bundle first on sys.path, and not the current folder (PYTHONSAFEPATH, 3.11+): an nsr_edge folder
             # in the device user's home must not shadow it
             env = {"PYTHONPATH": f"{remote_dir}/{BUNDLE_NAME}", "PYTHONSAFEPATH": "1", "PYTHONDONTWRITEBYTECODE": "1",

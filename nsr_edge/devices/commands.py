@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +98,15 @@ def validate_on_device(args: argparse.Namespace) -> int:
     from ..runtime.reference_outputs import load_reference_outputs
 
     _refuse(args, {
-        "dataset": "needs the images on the device, which --device does not push yet: on a device, validate "
-                   "compares with the stored FP32 reference tiles (reference.npz)",
-        "dataset_dir": "needs the images on the device, which --device does not push yet",
-        "limit": "applies to data sets, which --device does not validate on yet",
         "reference": "runs the FP32 model in PyTorch on the host: a device compares with the stored reference",
         "no_reference": "leaves nothing to compare on a device (it validates against the stored reference)",
-        "max_drop_db": "needs the data set's ground truth: check --max-abs or --min-psnr-vs-reference on a device",
+        "max_drop_db": "needs the FP32 model's PSNR on the data set, which a device does not compute: check "
+                       "--max-abs or --min-psnr-vs-reference there",
         "per_layer": "needs ETRecord/Inspector on the host: not available with a device yet",
     })
+    if args.limit and not (args.dataset or args.dataset_dir):
+        raise UserError(f"--limit applies to --dataset/--dataset-dir (--device {args.device} validates on the stored "
+                        "reference tiles otherwise)")
     transport = transport_for(args)
     card = load_card(args.artifact)
     hook = getattr(transport, "validate_command", None)  # a transport with its own validate (see base.Transport)
@@ -113,21 +114,27 @@ def validate_on_device(args: argparse.Namespace) -> int:
         return hook(args, card)
     load_reference_outputs(args.artifact, card)  # a missing or mismatching reference.npz: before the device is touched
     tol = V.Tolerances(None, args.min_psnr_vs_reference, args.max_abs)
-    result = run_on_device(transport, args.artifact, "validate",
-                           DeviceRun("validate", threads=args.threads, max_abs=args.max_abs,
-                                     min_psnr_vs_reference=args.min_psnr_vs_reference))
+    with tempfile.TemporaryDirectory(prefix="nsr-edge-images.") as tmp:
+        images = stage_images(card, args, Path(tmp)) if (args.dataset or args.dataset_dir) else None
+        result = run_on_device(transport, args.artifact, "validate",
+                               DeviceRun("validate", threads=args.threads, max_abs=args.max_abs,
+                                         min_psnr_vs_reference=args.min_psnr_vs_reference, images=images,
+                                         allow_small=args.allow_small))
     stored = result["stored"]
     ss = stored["summary"]
-    summary: dict[str, Any] = {"images": 0, "reference_tiles": ss["tiles"]}
+    data = result.get("dataset")
+    summary: dict[str, Any] = dict(data["summary"]) if data else {"images": 0}
+    summary["reference_tiles"] = ss["tiles"]
     for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
         if key in ss:
             summary[key] = ss[key]
     fails = [] if stored.get("finite", True) else [
         f"the artifact's output holds {ss.get('non_finite')} non-finite values on the stored reference tiles"]
     fails += V.check(summary, tol)
-    label = f"{stored['reference']['dataset']} (stored reference tiles)"
+    label = data["label"] if data else f"{stored['reference']['dataset']} (stored reference tiles)"
     spec = tile_spec(card)
-    report = {"stored": stored, "summary": summary, "images": [], "dataset": label, "reference": "stored",
+    report = {"stored": stored, "summary": summary, "images": data["images"] if data else [], "dataset": label,
+              "reference": "stored",
               "artifact": {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                            "tile": spec.tile},
               "passed": not fails, "device": result["device"], "runtime_source": result.get("runtime_source")}
@@ -137,11 +144,48 @@ def validate_on_device(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(V.format_stored(stored, f"{card.title} on {result['device']['name']}"))
+        title = f"{card.title} on {result['device']['name']}"
+        if data:
+            print(V.format_report(report, f"{title}, {label} (vs ground truth)"))
+        print(V.format_stored(stored, "" if data else title))
         print(device_line(result["device"]))
     for f in fails:
         print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
     return 1 if fails else 0
+
+
+def stage_images(card: Any, args: argparse.Namespace, folder: Path) -> Path:
+    """Copy the evaluation images ``--dataset``/``--dataset-dir`` (and ``--limit``) name into ``folder/images`` with
+    an ``images.json`` (label; name, ground truth and, for the shipped SR sets, the LR file of each): what the device
+    prepares exactly as the host would (`runtime.device_cli.validate_images`)."""
+    import json
+    import shutil
+
+    from ..runtime.datasets import list_eval_images, list_folder_images
+
+    task = card.task
+    try:
+        if args.dataset_dir:
+            pairs, label = list_folder_images(args.dataset_dir), Path(args.dataset_dir).name
+        else:
+            label = args.dataset
+            pairs = list_eval_images(label, task.scale if task.name == "sr" else None, args.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    pairs = pairs[: args.limit] if args.limit else pairs
+    out = folder / "images"
+    out.mkdir()
+    entries = []
+    for i, pair in enumerate(pairs):
+        entry = {"name": pair.name}
+        for key, path in (("hr", pair.hr_path), ("lr", pair.lr_path)):
+            if path is not None:
+                name = f"{i:04d}_{key}{Path(path).suffix.lower()}"
+                shutil.copyfile(path, out / name)
+                entry[key] = name
+        entries.append(entry)
+    (out / "images.json").write_text(json.dumps({"label": label, "images": entries}))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------ profile
