@@ -23,7 +23,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import UserError
 
@@ -48,7 +48,7 @@ class DeviceError(UserError):
 class DeviceOptions:
     """Options of ``--device`` (each transport reads the ones it knows)."""
 
-    remote_python: str | None = None  # python on the device (ssh default python3; adb: Termux's python)
+    remote_python: str | None = None  # python on the device (ssh default python3; adb: one the shell user runs)
     ssh_key: str | None = None
     ssh_options: tuple[str, ...] = ()  # more ``ssh -o KEY=VALUE`` options
     remote_tmp: str | None = None  # where the temporary folder is made (ssh /tmp, adb /data/local/tmp)
@@ -183,8 +183,6 @@ def runtime_bundle(cache_dir: Path | None = None) -> Path:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
-
-
 
 
 # ---------------------------------------------------------------------------------------- probes shared by transports
@@ -323,13 +321,6 @@ def parse_result(transport: Transport, proc: subprocess.CompletedProcess) -> dic
     except json.JSONDecodeError:
         raise DeviceError(f"on {transport.describe()}: the device runner printed no result: "
                           f"{last_line(proc.stderr) or last_line(proc.stdout) or 'no output'}") from None
-
-
-def artifact_files(artifact_dir: Path) -> Iterator[Path]:
-    """What of the artifact folder goes to the device: every file but hidden ones and the host's caches."""
-    for p in sorted(artifact_dir.iterdir()):
-        if not p.name.startswith(".") and p.name != "__pycache__":
-            yield p
 
 
 def run_on_device(transport: Transport, artifact_dir: str | os.PathLike, command: str, options: DeviceRun,
