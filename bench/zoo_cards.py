@@ -40,6 +40,13 @@ PAPER = {
     ("sr", 2): {"set5": 38.11, "bsd100": 32.22},
 }
 PAPER_SOURCE = "github.com/ychfan/pt_ir README, EDSR+NSR x2 (4.9M params, DIV2K, 30 epochs)"
+# The classic small SR network our zoo should beat (issue 15): FSRCNN (Dong et al., ECCV 2016), Y-PSNR as published
+# (about 12k parameters; trained on 91 images + General-100 with the authors' own long schedule).
+CLASSIC = {
+    ("sr", 2): {"set5": 37.00, "set14": 32.63, "bsd100": 31.53},
+    ("sr", 3): {"set5": 33.16, "set14": 29.43, "bsd100": 28.53},
+    ("sr", 4): {"set5": 30.71, "set14": 27.59, "bsd100": 26.98},
+}
 
 
 EVALUATION = ("nsr-edge eval: Y (BT.601) PSNR/SSIM on 8-bit outputs, scale px shaved (SR); gray PSNR/SSIM (denoise, "
@@ -105,7 +112,10 @@ def publish(job, ckpt: Checkpoint, results: list[dict]) -> dict:
 def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
     lines = ["# Zoo results", "",
              "Produced by `bench/zoo_cards.py` (same evaluation as `nsr-edge eval`). Y-PSNR (dB) / SSIM; see each",
-             "card in `zoo/<id>/card.json` for RGB PSNR, training budget and the command that trained it.", ""]
+             "card in `zoo/<id>/card.json` for RGB PSNR, training budget and the command that trained it.",
+             "Reference protocol (pt_ir): on images with both sides >= 192 px the body runs on 48 px tiles and the skip",
+             "conv once on the whole image (docs/training.md; figures before 2026-12-01 ran the whole network per tile).",
+             ""]
     by_task: dict[tuple, list[dict]] = {}
     for c in cards:
         t = TaskSpec(c["task"], c["scale"], c["noise"] or 0.0, c["quality"] or 0, c["channels"])
@@ -126,6 +136,9 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
                 c["baseline_kind"], f" (dense, {c['baseline_kind']})")
             lines.append(f"| `{c['id']}`{kind} | {c['params']:,} | {c['macs_per_pixel']:,.0f} | " + " | ".join(
                 f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f}" for r in c["results"]) + " |")
+        if key in CLASSIC:
+            lines.append("| FSRCNN (published, for reference) | ~12,000 | - | " + " | ".join(
+                f"{CLASSIC[key][s]:.2f}" if s in CLASSIC[key] else "-" for s in sets) + " |")
         if key in PAPER:
             lines.append("| paper-scale EDSR+NSR (reference README) | 4,877,812 | - | " + " | ".join(
                 f"{PAPER[key][s]:.2f}" if s in PAPER[key] else "-" for s in sets) + " |")
