@@ -7,6 +7,7 @@ ssh (the device needs ``tar``, ``mktemp`` and a POSIX shell: any Linux, BusyBox,
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 import shutil
@@ -100,7 +101,8 @@ class SshTransport(Transport):
         hosts and refused keys fail here, in one line."""
         if self._control_dir:
             return
-        cdir = tempfile.mkdtemp(prefix="nsr-edge-ssh.")
+        # a short folder: a Unix socket path must stay under ~100 bytes, whatever $TMPDIR is
+        cdir = tempfile.mkdtemp(prefix="nsr-edge-ssh.", dir="/tmp" if os.access("/tmp", os.W_OK) else None)
         argv = ["ssh"] + self._options() + ["-o", "ControlMaster=yes", "-o", f"ControlPath={cdir}/cm",
                                             "-o", "ControlPersist=60", "-N", "-f", self.target()]
         with tempfile.TemporaryFile() as err:  # a file, not a pipe: the backgrounded master keeps its stderr
