@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=3, help="counted calls per tile (capped at 5)")
     p.add_argument("--warmup", type=int, default=2, help="uncounted calls first (capped at 3)")
-    p.add_argument("--tiles", type=int, default=2, help="distinct input tiles counted")
+    p.add_argument("--tiles", type=int, default=int(os.environ.get("NSR_EDGE_INSN_TILES") or 2),
+                   help="distinct input tiles counted (default $NSR_EDGE_INSN_TILES or 2)")
     p.add_argument("--device-name", default="arm-emu")
     p.add_argument("--transport", default="arm-emu")
     p.add_argument("--in-process", action="store_true", help="accepted: the session is always in this process")

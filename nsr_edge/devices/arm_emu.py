@@ -19,8 +19,8 @@ counts instructions instead of timing (emulated seconds say nothing about an ARM
 
 from __future__ import annotations
 
-import ctypes
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -42,17 +42,14 @@ from .base import (
 
 DEFAULT_CPU = "cortex-a76"
 INSN_LOG = "insn.log"
-_ADDR_NO_RANDOMIZE = 0x0040000
 
 
-def _no_aslr() -> None:
-    """In the qemu child before exec: no address randomisation, so the guest's allocations (and alignment-dependent
-    code paths in memcpy and the kernels) are the same in every run: repeatable instruction counts."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.personality(_ADDR_NO_RANDOMIZE)
-    except (OSError, AttributeError):
-        pass
+def no_aslr_prefix() -> list[str]:
+    """``setarch ARCH -R``: qemu (and so the guest) without address randomisation, so the guest's allocations (and
+    alignment-dependent code paths in memcpy and the kernels) are the same in every run: repeatable instruction
+    counts. (util-linux's setarch rather than a preexec_fn: no Python runs between fork and exec.)"""
+    setarch = shutil.which("setarch")
+    return [setarch, platform.machine(), "-R"] if setarch else []
 
 
 def qemu_version() -> str:
@@ -105,7 +102,7 @@ class ArmEmuTransport(Transport):
 
         for alts in [("numpy",)] + list(RUNTIME_MODULES.get(runner or "", ())):
             if not any(arm_rootfs.has_module(root, m) for m in alts):
-                hint = (" (set it up with: python -m nsr_edge.devices.arm_rootfs --with-executorch)"
+                hint = (" (ExecuTorch needs aarch64 torch, which the root filesystem does not have: docs/arm.md)"
                         if runner in ("executorch", "dispatch") else "")
                 raise DeviceError(f"{self.describe()}: the ARM root filesystem lacks the {runner} runtime "
                                   f"({' or '.join(alts)}){hint}")
@@ -155,13 +152,16 @@ class ArmEmuTransport(Transport):
             i = argv.index("nsr_edge.runtime.device_cli")
             argv[i] = "nsr_edge.runtime.instruction_count"
             log = str(Path(pid_file).parent / INSN_LOG) if pid_file else tempfile.mktemp(prefix="nsr-edge-insn.")
-            plugin = arm_rootfs.rootfs_dir() / arm_rootfs.PLUGIN
+            try:
+                plugin = arm_rootfs.plugin_path()
+            except Exception as e:  # UserError: no gcc
+                raise DeviceError(f"{self.describe()}: {e}") from None
             argv[1:1] = ["-plugin", str(plugin), "-d", "plugin", "-D", log]
             env["NSR_EDGE_INSN_LOG"] = log
         # cwd: a folder without an nsr_edge package (python -m puts the cwd first on sys.path)
         cwd = str(Path(pid_file).parent) if pid_file else self.tmp_root
-        with subprocess.Popen(argv, env=self.guest_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, preexec_fn=_no_aslr, cwd=cwd) as proc:
+        with subprocess.Popen(no_aslr_prefix() + argv, env=self.guest_env(env), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
             if pid_file:
                 Path(pid_file).write_text(f"{proc.pid}\n")
             try:
@@ -178,6 +178,74 @@ class ArmEmuTransport(Transport):
                 if pid_file:
                     Path(pid_file).unlink(missing_ok=True)
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    # -- nsr-edge validate|profile --device arm-emu:CPU (the hooks of base.Transport)
+    def validate_command(self, args: Any, card: Any) -> int:
+        """The device run on the stored reference tiles (vs FP32, the tolerances as on any device) plus the ARM vs
+        x86 comparison on the same tiles."""
+        import dataclasses
+        import sys
+
+        from ..commands._common import print_json
+        from ..runtime import validate as V
+        from ..runtime.card import record_validation
+        from ..runtime.reference_outputs import load_reference_outputs
+        from .commands import device_line
+
+        load_reference_outputs(args.artifact, card)  # refused before the emulator starts
+        tol = V.Tolerances(None, args.min_psnr_vs_reference, args.max_abs)
+        result = validate_on_arm(args.artifact, self.cpu, args.threads, transport=self, max_abs=args.max_abs,
+                                 min_psnr_vs_reference=args.min_psnr_vs_reference)
+        stored = result["stored"]
+        ss = stored["summary"]
+        summary: dict[str, Any] = {"images": 0, "reference_tiles": ss["tiles"]}
+        for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
+            if key in ss:
+                summary[key] = ss[key]
+        fails = [] if stored.get("finite", True) else [
+            f"the artifact's output holds {ss.get('non_finite')} non-finite values on the stored reference tiles"]
+        fails += V.check(summary, tol)
+        label = f"{stored['reference']['dataset']} (stored reference tiles)"
+        report = {"stored": stored, "summary": summary, "arm": result["arm"], "dataset": label,
+                  "reference": "stored", "passed": not fails, "device": result["device"]}
+        if args.record:
+            from ..runtime.card import DeviceInfo
+
+            rec = V.validation_record(label, summary, tol, not fails, card.runner)
+            record_validation(args.artifact, dataclasses.replace(rec, device=DeviceInfo(**result["device"])))
+        if args.json:
+            print_json(report)
+        else:
+            print(V.format_stored(stored, f"{card.title} on {result['device']['name']}"))
+            print(format_arm_validation(result))
+            print(device_line(result["device"]))
+        for f in fails:
+            print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
+        return 1 if fails else 0
+
+    def profile_command(self, args: Any, card: Any) -> int:
+        """Instructions per tile (and per output megapixel, by class) on the emulated core; never seconds."""
+        from ..commands._common import print_json
+        from ..errors import UserError
+        from .commands import device_line
+
+        if getattr(args, "runner", None):
+            raise UserError("--runner runs a native binary on a real device; under arm-emu the Python runner counts "
+                            "instructions")
+        if getattr(args, "per_op", False):
+            raise UserError("--per-op is not available with --device arm-emu (instruction counts are per inference "
+                            "call)")
+        if args.threads != 1:
+            raise UserError("--device arm-emu counts instructions with --threads 1 (the counters are shared by all "
+                            "threads)")
+        result = count_instructions(args.artifact, self.cpu, runs=min(args.runs, 3), warmup=min(args.warmup, 2),
+                                    record=bool(args.record), transport=self)
+        if args.json:
+            print_json(result)
+            return 0
+        print(format_instruction_count(result, card.title))
+        print(device_line(result["device"]))
+        return 0
 
     def fetch(self, remote_path: str, local: Path) -> None:
         try:
@@ -247,15 +315,17 @@ def compare_with_host(artifact_dir: str | os.PathLike, arm_outputs: np.ndarray,
 
 
 def validate_on_arm(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, threads: int = 1,
-                    timeout: float = 3600.0) -> dict[str, Any]:
+                    timeout: float = 3600.0, transport: ArmEmuTransport | None = None, max_abs: float | None = None,
+                    min_psnr_vs_reference: float | None = None) -> dict[str, Any]:
     """``validate --device arm-emu:CPU``: the device run (stored tiles vs FP32) plus the ARM-vs-host comparison
     (``arm`` key: `compare_with_host`)."""
-    transport = ArmEmuTransport(cpu, DeviceOptions())
+    transport = transport or ArmEmuTransport(cpu, DeviceOptions())
     with tempfile.TemporaryDirectory(prefix="nsr-edge-arm-") as tmp:
         saved = Path(tmp) / "outputs.npz"
         result = run_on_device(transport, artifact_dir, "validate",
                                DeviceRun("validate", threads=threads, save_outputs=saved, in_process=True,
-                                         timeout=timeout))
+                                         timeout=timeout, max_abs=max_abs,
+                                         min_psnr_vs_reference=min_psnr_vs_reference))
         with np.load(saved) as z:
             arm = z["outputs"]
     result["arm"] = compare_with_host(artifact_dir, arm)
@@ -263,13 +333,14 @@ def validate_on_arm(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, thr
 
 
 def count_instructions(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, runs: int = 3, tiles: int = 2,
-                       warmup: int = 2, record: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
+                       warmup: int = 2, record: bool = False, timeout: float = 3600.0,
+                       transport: ArmEmuTransport | None = None) -> dict[str, Any]:
     """``profile --device arm-emu:CPU``: guest instructions per tile (and per megapixel, by class) of the artifact's
     inference call on the emulated core; with ``record`` the card gets an `InstructionCountRecord`."""
-    transport = ArmEmuTransport(cpu, DeviceOptions())
+    transport = transport or ArmEmuTransport(cpu, DeviceOptions())
     result = run_on_device(transport, artifact_dir, "profile",
                            DeviceRun("profile", threads=1, runs=runs, warmup=warmup, in_process=True,
-                                     timeout=timeout))
+                                     timeout=timeout, extra_env={"NSR_EDGE_INSN_TILES": str(int(tiles))}))
     if "instruction_count" not in result:
         raise DeviceError(f"on {transport.describe()}: the device run returned no instruction count")
     result["instruction_count"]["cpu"] = cpu

@@ -1,6 +1,6 @@
 """The aarch64 root filesystem that ``--device arm-emu[:CPU]`` runs in: built once, cached, never used half built.
 
-    python -m nsr_edge.devices.arm_rootfs [--with-executorch] [--force] [--json]     (idempotent; network needed)
+    python -m nsr_edge.devices.arm_rootfs [--force] [--status] [--json]     (idempotent; network needed once)
 
 What it builds, under ``$NSR_EDGE_CACHE/arm64-rootfs`` (default ``~/.cache/nsr-edge/arm64-rootfs``), in about a
 minute and ~0.5 GB (docs/arm.md has the measured numbers):
@@ -12,12 +12,14 @@ minute and ~0.5 GB (docs/arm.md has the measured numbers):
    are removed, so that the guest sees the host's (qemu-user redirects only paths that exist under the prefix).
 2. The runtimes as aarch64 wheels, installed by the host's pip (``--platform ..._aarch64 --only-binary=:all:``) into
    ``/opt/nsr-edge/site``: numpy, onnxruntime, ai-edge-litert and Pillow at the versions of the toolkit's own
-   environment (so host and ARM outputs come from the same runtime version), plus, with ``--with-executorch``,
-   torch and executorch (whose pybindings link libtorch). Nothing is downloaded at run time.
-3. The instruction-count plugin (``qemu_plugin/insn_count.c``), compiled with the system ``gcc`` into
-   ``/opt/nsr-edge/host/insn_count.so`` (a host library that qemu loads).
-4. A smoke run: the guest Python imports numpy and each runtime under ``-cpu cortex-a53``; the versions it reports
+   environment (so host and ARM outputs come from the same runtime version). Nothing is downloaded at run time.
+   (ExecuTorch is not included: see `main`.)
+3. A smoke run: the guest Python imports numpy and each runtime under ``-cpu cortex-a53``; the versions it reports
    go into the stamp.
+
+The instruction-count plugin (``qemu_plugin/insn_count.c``, a host library that qemu loads) is compiled with the
+system ``gcc`` at set-up too, but apart: into ``$NSR_EDGE_CACHE/qemu-plugin/insn_count-<sha12 of the source>.so``
+(`plugin_path`, rebuilt whenever the source changes, without touching the root filesystem).
 
 The build happens in a sibling folder (``arm64-rootfs.partial-PID``) that is renamed into place only after the
 completion stamp (``.nsr-edge-rootfs.json``: the content hash of everything that went in, versions, build seconds and
@@ -54,7 +56,6 @@ PLATFORMS = ("manylinux_2_36_aarch64", "manylinux_2_35_aarch64", "manylinux_2_34
              "linux_aarch64")
 PYTHON = "usr/bin/python3.11"
 SITE = "opt/nsr-edge/site"  # guest path /opt/nsr-edge/site
-PLUGIN = "opt/nsr-edge/host/insn_count.so"
 PLUGIN_SOURCE = Path(__file__).with_name("qemu_plugin") / "insn_count.c"
 STAMP = ".nsr-edge-rootfs.json"
 RECIPE_VERSION = 1  # bump when the build steps change
@@ -73,8 +74,7 @@ def recipe(with_executorch: bool = False) -> dict[str, Any]:
     """Everything that goes into the root filesystem; its hash is the stamp's."""
     return {"recipe": RECIPE_VERSION, "suite": SUITE, "arch": "arm64", "variant": "minbase", "debs": list(DEBS),
             "wheels": list(WHEELS) + (list(EXECUTORCH_WHEELS) if with_executorch else []),
-            "platforms": list(PLATFORMS), "python": "3.11",
-            "plugin_sha256": hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()}
+            "platforms": list(PLATFORMS), "python": "3.11"}
 
 
 def recipe_hash(r: dict[str, Any]) -> str:
@@ -100,7 +100,7 @@ def status(root: Path | None = None, with_executorch: bool | None = None) -> tup
     wanted = [with_executorch] if with_executorch is not None else [False, True]
     if stamp.get("hash") not in [recipe_hash(recipe(w)) for w in wanted]:
         return False, f"{root} was built by another recipe (stamp hash differs)"
-    for rel in (PYTHON, SITE, PLUGIN):
+    for rel in (PYTHON, SITE):
         if not (root / rel).exists():
             return False, f"{root} lacks {rel} (damaged after set-up)"
     return True, f"{root} ({stamp.get('bytes', 0) / 1e6:.0f} MB, built in {stamp.get('seconds', 0):.0f} s)"
@@ -211,6 +211,21 @@ def view(cpu: str) -> Path:
     return make_view(root, cpu, dest, features)
 
 
+def plugin_path() -> Path:
+    """The compiled instruction-count plugin for the current source (compiled on first use: ``gcc``)."""
+    data = PLUGIN_SOURCE.read_bytes()
+    out = cache_root() / "qemu-plugin" / f"insn_count-{hashlib.sha256(data).hexdigest()[:12]}.so"
+    if not out.is_file():
+        if shutil.which("gcc") is None:
+            raise UserError("instruction counting compiles a qemu plugin with gcc: apt-get install gcc")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        _run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-o", str(tmp), str(PLUGIN_SOURCE)],
+             "gcc (the qemu instruction-count plugin)")
+        os.replace(tmp, out)
+    return out
+
+
 def has_module(root: Path, module: str) -> bool:
     site = root / SITE
     return (site / module).is_dir() or (site / f"{module}.py").is_file()
@@ -289,6 +304,7 @@ def build(with_executorch: bool = False, force: bool = False, log=print) -> dict
     stamp = read_stamp(root)
     if not force and stamp and stamp.get("hash") == h and status(root, with_executorch)[0]:
         log(f"ARM root filesystem ready: {status(root)[1]}")
+        log(f"instruction-count plugin: {plugin_path()}")
         return stamp
     _need_tools()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -323,10 +339,6 @@ def build(with_executorch: bool = False, force: bool = False, log=print) -> dict
         for plat in PLATFORMS:
             pip += ["--platform", plat]
         _run(pip + r["wheels"], "pip install (aarch64 wheels)", timeout=3600)
-        log("compiling the instruction-count plugin ...")
-        (work / PLUGIN).parent.mkdir(parents=True, exist_ok=True)
-        _run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-o", str(work / PLUGIN),
-              str(PLUGIN_SOURCE)], "gcc (qemu plugin)")
         modules = ["numpy", "onnxruntime", "ai_edge_litert"] + (["executorch", "torch"] if with_executorch else [])
         log("smoke test in the guest (cortex-a53) ...")
         versions = smoke(work, modules)
@@ -345,12 +357,15 @@ def build(with_executorch: bool = False, force: bool = False, log=print) -> dict
         shutil.rmtree(work, ignore_errors=True)
         raise
     log(f"ARM root filesystem ready: {status(root)[1]}")
+    log(f"instruction-count plugin: {plugin_path()}")
     return stamp
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nsr_edge.devices.arm_rootfs", description=__doc__.split("\n\n")[0])
-    p.add_argument("--with-executorch", action="store_true", help="also torch + executorch (aarch64, ~1 GB more)")
+    # No --with-executorch: ExecuTorch's pybindings link libtorch, and PyPI's aarch64 torch 2.13.0 depends on CUDA
+    # wheels (nvidia-nccl-cu13, ...) with no build for this platform, while the CPU wheels' index
+    # (download.pytorch.org) is not reachable here; `build(with_executorch=True)` is kept for a machine where it is.
     p.add_argument("--force", action="store_true", help="rebuild even if a ready one is there")
     p.add_argument("--status", action="store_true", help="only say whether it is ready")
     p.add_argument("--json", action="store_true", help="print the stamp as JSON")
@@ -360,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             ok, why = status()
             print(("ready: " if ok else "not ready: ") + why)
             return 0 if ok else 1
-        stamp = build(args.with_executorch, args.force, log=(lambda *a: None) if args.json else
+        stamp = build(False, args.force, log=(lambda *a: None) if args.json else
                       (lambda m: print(m, flush=True)))
     except UserError as e:
         print(f"nsr-edge: error: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@
  * The guest marks a region with lseek(-1, MAGIC | op, label), which fails harmlessly with EBADF
  * (nsr_edge.runtime.insn_markers): op 1 opens a region, op 2 closes it and writes one line to the log:
  *     region <n> label=<label> total=<t> scalar=<s> simd=<v> dot=<d> i8mm=<m> sve=<e>
- * Counting is inline (one add per translated block and class, done when the block starts), so a region counts the
- * blocks entered between its two markers. Counters are shared by all guest threads: count single-threaded runs.
+ * Each translated block carries its per-class counts; a callback at block entry adds them while a region is open
+ * and the block runs on the guest thread (vCPU) that opened it: instructions of other guest threads (a runtime's
+ * helper threads) are not counted. A region counts the blocks entered between its two markers.
  *
  * Classes (decoded from the A64 encoding): sve (op0 bits 28:25 = 0010), dot (SDOT/UDOT vector and by element),
  * i8mm (SMMLA/UMMLA/USMMLA, USDOT vector, USDOT/SUDOT by element), simd (every other SIMD&FP data-processing
@@ -23,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define QEMU_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -36,16 +38,17 @@ typedef struct qemu_info_t {
 } qemu_info_t;
 struct qemu_plugin_tb;
 struct qemu_plugin_insn;
-enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*qemu_plugin_vcpu_syscall_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
                                               uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
                                               uint64_t a6, uint64_t a7, uint64_t a8);
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
 
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op, void *ptr,
-                                              uint64_t imm);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
 void qemu_plugin_register_vcpu_syscall_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_syscall_cb_t cb);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
@@ -66,9 +69,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1;
 enum { C_TOTAL, C_SCALAR, C_SIMD, C_DOT, C_I8MM, C_SVE, N_CLASSES };
 static const char *class_names[N_CLASSES] = {"total", "scalar", "simd", "dot", "i8mm", "sve"};
 
-static uint64_t counts[N_CLASSES]; /* running, updated inline */
-static uint64_t start[N_CLASSES];  /* snapshot at the open marker */
-static bool open_region;
+static uint64_t counts[N_CLASSES]; /* of the open region */
+static volatile bool open_region;
+static volatile unsigned int region_vcpu;
 static uint64_t regions;
 static uint64_t unmatched;
 
@@ -93,9 +96,22 @@ static int classify(uint32_t w)
     return C_SCALAR;
 }
 
+static void tb_exec(unsigned int vcpu, void *udata)
+{
+    if (open_region && vcpu == region_vcpu) {
+        const uint32_t *n = udata;
+        for (int c = 0; c < N_CLASSES; c++) {
+            counts[c] += n[c];
+        }
+    }
+}
+
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-    uint64_t n[N_CLASSES] = {0};
+    uint32_t *n = calloc(N_CLASSES, sizeof(uint32_t)); /* lives as long as the block may run: never freed */
+    if (!n) {
+        return;
+    }
     size_t k = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < k; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -104,12 +120,8 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         memcpy(&w, qemu_plugin_insn_data(insn), size < 4 ? size : 4);
         n[classify(w)]++;
     }
-    n[C_TOTAL] = k;
-    for (int c = 0; c < N_CLASSES; c++) {
-        if (n[c]) {
-            qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &counts[c], n[c]);
-        }
-    }
+    n[C_TOTAL] = (uint32_t)k;
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, n);
 }
 
 static void syscall_cb(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2, uint64_t a3,
@@ -124,10 +136,11 @@ static void syscall_cb(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
         if (open_region) {
             unmatched++;
         }
-        memcpy(start, counts, sizeof(start));
+        memset(counts, 0, sizeof(counts));
+        region_vcpu = vcpu;
         open_region = true;
     } else if (op == OP_STOP) {
-        if (!open_region) {
+        if (!open_region || vcpu != region_vcpu) {
             unmatched++;
             return;
         }
@@ -135,7 +148,7 @@ static void syscall_cb(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
         int len = snprintf(line, sizeof(line), "nsr-edge-insn region %" PRIu64 " label=%" PRIu64, regions++,
                            (uint64_t)(uint32_t)a3);
         for (int c = 0; c < N_CLASSES; c++) {
-            len += snprintf(line + len, sizeof(line) - len, " %s=%" PRIu64, class_names[c], counts[c] - start[c]);
+            len += snprintf(line + len, sizeof(line) - len, " %s=%" PRIu64, class_names[c], counts[c]);
         }
         snprintf(line + len, sizeof(line) - len, "\n");
         qemu_plugin_outs(line);
