@@ -86,13 +86,27 @@ def reference_restorer(model: WDSR, scale: int, spec: TileSpec = REFERENCE, batc
         x = torch.from_numpy(np.ascontiguousarray(tiles)) - IMAGE_MEAN
         return model.shuf(model.body(x)).numpy()
 
+    reach = sum((m.kernel_size[0] if isinstance(m.kernel_size, tuple) else m.kernel_size) // 2
+                for m in model.skip.modules() if hasattr(m, "kernel_size"))
+
     @torch.no_grad()
     def restore(image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] - IMAGE_MEAN
-        skip = (model.shuf(model.skip(x)) + IMAGE_MEAN)[0].numpy()
-        return run_tiled(image, body, spec, scale, batch_size) + skip
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        out = run_tiled(image, body, spec, scale, batch_size)
+        h, s = image.shape[1], int(scale)
+        for r0 in range(0, h, SKIP_BAND_ROWS):  # the skip conv in row bands (exact: `reach` rows of real context)
+            r1 = min(h, r0 + SKIP_BAND_ROWS)
+            a, b = max(0, r0 - reach), min(h, r1 + reach)
+            x = torch.from_numpy(image[None, :, a:b]) - IMAGE_MEAN
+            skip = model.shuf(model.skip(x))[0].numpy()
+            out[:, r0 * s : r1 * s] += skip[:, (r0 - a) * s : (r1 - a) * s] + IMAGE_MEAN
+        return out
 
     return restore
+
+
+SKIP_BAND_ROWS = 256
+"""The whole-image skip conv runs in bands of this many LR rows (memory: one band, not a second output image)."""
 
 
 def method_restorer(method: str, task: TaskSpec) -> ImageFn:

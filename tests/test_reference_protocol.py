@@ -82,6 +82,15 @@ def test_reference_scheme_reproduces_the_reference_forward(model):
     assert diff.max() > 1e-3 and diff[:band].max() > 1e-3 and diff[:, -band:].max() > 1e-3
 
 
+def test_skip_conv_in_row_bands_is_exact(model, monkeypatch):
+    import nsr_edge.evaluate as ev
+
+    image = smooth_image(5, 3, 203, 194)
+    whole = model_restorer(model, 2, REFERENCE)(image)
+    monkeypatch.setattr(ev, "SKIP_BAND_ROWS", 7)  # many bands, the last one short
+    np.testing.assert_allclose(model_restorer(model, 2, REFERENCE)(image), whole, rtol=0, atol=1e-6)
+
+
 def test_reference_scheme_on_small_images_and_deploy_forms(model):
     small = smooth_image(1, 3, 100, 230)  # a side < 192: one whole-image forward
     with torch.no_grad():
