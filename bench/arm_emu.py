@@ -117,6 +117,9 @@ def _yp(s: dict) -> str:
 
 
 def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
+    seen = {k.split("|")[1] for part in ("numerics", "counts") for k in results.get(part, {})}
+    cpus = [c for c in arm_rootfs.CPUS if c in seen and c not in cpus] + list(cpus)
+    cpus = sorted(set(cpus), key=lambda c: ["cortex-a76", "neoverse-n1", "max", "cortex-a72", "cortex-a53"].index(c))
     stamp = arm_rootfs.read_stamp() or {}
     num = results.get("numerics", {})
     cnt = results.get("counts", {})
@@ -178,8 +181,10 @@ def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
     lines += ["", NOTES_NUMERICS, "", "## Instruction counts per tile (64 px, 1 thread)", "",
               "`nsr-edge profile ART --device arm-emu:CPU`: a qemu TCG plugin (`nsr_edge/devices/qemu_plugin/insn_count.c`)",
               "counts the guest instructions executed between two marker system calls around the inference call only",
-              "(input/output conversion outside, as `profile` times it), after 2 warm-up calls; 2 real tiles x 3 calls,",
-              "median per tile. Classes decoded from the A64 encoding: `dot` = SDOT/UDOT, `simd` = other NEON/FP",
+              "(input/output conversion outside, as `profile` times it), after 1 warm-up call; 1 tile x 3 calls, median",
+              "(`profile --device arm-emu` itself: 2 warm-up calls, 2 tiles x 3 calls) (the 64 px artifacts of `bench/runtimes.py` store no reference tiles, so the tiles are seeded",
+              "noise: the kernels' work does not depend on the values, and hard dispatch's banks all have one size).",
+              "Classes decoded from the A64 encoding: `dot` = SDOT/UDOT, `simd` = other NEON/FP",
               "(loads/stores included), `scalar` = the rest (i8mm and SVE were 0 on these cores). M = 10^6 per tile;",
               "G/MP = 10^9 per output megapixel at the tiling stride.", ""]
     for cpu in cpus:
@@ -214,9 +219,38 @@ def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
     doc.write_text("\n".join(lines))
 
 
-NOTES = ""
-NOTES_NUMERICS = "<!-- numerics notes -->"
-NOTES_COUNTS = "<!-- counts notes -->"
+NOTES_NUMERICS = """Reading (cortex-a76 and cortex-a53 give the same outputs: the kernels that differ from x86 are the same):
+
+- **Integer kernels are bit-exact ARM vs x86.** The hard-dispatch INT8 artifact (`nsr_sr_x2_hard`, LiteRT: only
+  int8 convolutions in its programs, routing by argmax on the host) gives identical outputs on the emulated cores and
+  on x86, so XNNPACK's QS8 convolution kernels (NEON / dot product on ARM, AVX2 on x86) agree to the bit.
+- **Float kernels differ in the last bits.** The FP32 artifacts differ by at most 2-4e-7 (a few ULPs; no 8-bit output
+  value changes): different vector widths, summation orders and fused multiply-adds in the float convolutions and the
+  routing heads' softmax/exp.
+- **Soft-routed INT8 artifacts inherit that float noise.** Their routing heads, softmax and mixing stay float between
+  the int8 convolutions (the recipe's `fp32_parts`); an ULP-level float difference that lands on an int8 rounding
+  boundary moves one quantized activation by 1 LSB, which then propagates: ~0.3% of 8-bit output values move by one
+  level (max |diff| 2.6e-3 LiteRT, 3.2e-3 ORT, below one 8-bit level), Y-PSNR ARM vs x86 72-73 dB, and the distance
+  to FP32 PyTorch is the same on both (Y-PSNR within 0.01 dB). Deploy these on ARM with the same accuracy; for
+  bit-identical outputs across CPUs, hard dispatch (integer-only programs) is the form that gives them.
+- ExecuTorch: not measured under emulation. Its Python runtime links libtorch, and PyPI's aarch64 torch 2.13.0
+  depends on CUDA wheels (`nvidia-nccl-cu13`, ...) that have no build for this platform; the CPU-only wheels' index
+  (download.pytorch.org) is not reachable from this machine. The same XNNPACK kernels run LiteRT's numbers above."""
+
+NOTES_COUNTS = """Reading:
+
+- The counts are guest instructions of the real ARM kernels, not time: a dot-product instruction does 16 int8 MACs,
+  a NEON FMA 4 fp32 MACs, and cores retire them at different rates (in-order dual-issue A53 vs out-of-order A76), so
+  ratios within one CPU and one runtime are the meaningful comparison, not absolute numbers across CPUs.
+- **No latency estimate** (issue 13 item 6) is printed: it is allowed only with a published calibration figure of a
+  reference network on a named core for the same runtime and kernels, and none was found. TensorFlow Lite's own
+  benchmark page (tensorflow.org/lite/performance/benchmarks) lists MobileNet 1.0 224 float/quant on Pixel 2 / Pixel
+  XL (Cortex-A73 / Kryo, TFLite 1.x, no XNNPACK) and iPhone 8, nothing for Cortex-A76 or A53 with current
+  LiteRT/XNNPACK; mapping those to our kernels would be a guess, so no estimate is given.
+- Repeatability: each count is the guest thread that opened the region only (a runtime's helper thread once added
+  ~0.4 M instructions to a random call); ASLR is off (`setarch -R`), the run folder name is fixed, PYTHONHASHSEED=0;
+  the reported figure is the median of 3 calls per tile, averaged over 2 tiles. Separate runs agree to < 0.01%
+  (below); single calls within one run vary by ~0.1% (allocator and lock paths)."""
 
 
 def main() -> int:
@@ -227,6 +261,8 @@ def main() -> int:
     p.add_argument("--work", default=str(ROOT / "out" / "arm_emu"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "arm.md"))
     p.add_argument("--doc-only", action="store_true")
+    p.add_argument("--runs", type=int, default=3, help="counted calls per tile")
+    p.add_argument("--tiles", type=int, default=1, help="tiles counted per artifact")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -245,7 +281,7 @@ def main() -> int:
             if "numerics" in args.parts:
                 for name, spec in NUMERICS.items():
                     key = f"{name}|{cpu}"
-                    if not wanted(name) or key in results.get("numerics", {}):
+                    if not wanted(name) or "error" not in results.get("numerics", {}).get(key, {"error": 1}):
                         continue
                     if spec[1] == "executorch" and not has_et:
                         continue
@@ -263,11 +299,12 @@ def main() -> int:
             if "counts" in args.parts:
                 for name, spec in COUNTS.items():
                     key = f"{name}|{cpu}"
-                    if not wanted(name) or key in results.get("counts", {}):
+                    if not wanted(name) or "error" not in results.get("counts", {}).get(key, {"error": 1}):
                         continue
                     t0 = time.time()
                     try:
-                        r = count_instructions(artifact(work, name, spec, 64), cpu)
+                        r = count_instructions(artifact(work, name, spec, 64), cpu, runs=args.runs, tiles=args.tiles,
+                                               warmup=1)
                         r.pop("device", None)
                     except Exception as e:  # noqa: BLE001
                         r = {"error": str(e).splitlines()[0][:200]}
@@ -280,7 +317,8 @@ def main() -> int:
             name = "nsr LiteRT INT8"
             for cpu in args.cpus[:1]:
                 art = artifact(work, name, COUNTS[name], 64)
-                runs = [count_instructions(art, cpu)["instruction_count"] for _ in range(3)]
+                runs = [count_instructions(art, cpu, runs=args.runs, tiles=args.tiles, warmup=1)["instruction_count"]
+                        for _ in range(3)]
                 per = [r["per_tile"] for r in runs]
                 results.setdefault("repeat", {})[f"{name} {cpu}"] = {
                     "per_tile": per, "spread": (max(per) - min(per)) / min(per)}

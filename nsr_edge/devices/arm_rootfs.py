@@ -98,8 +98,10 @@ def status(root: Path | None = None, with_executorch: bool | None = None) -> tup
     if stamp is None:
         return False, f"{root} is half built (no completion stamp): an interrupted set-up"
     wanted = [with_executorch] if with_executorch is not None else [False, True]
-    if stamp.get("hash") not in [recipe_hash(recipe(w)) for w in wanted]:
-        return False, f"{root} was built by another recipe (stamp hash differs)"
+    hashes = [recipe_hash(recipe(w)) for w in wanted]
+    if stamp.get("hash") not in hashes:
+        return False, (f"{root} was built by another recipe (stamp hash {str(stamp.get('hash'))[:12]}, this "
+                       f"recipe's {hashes[0][:12]})")
     for rel in (PYTHON, SITE):
         if not (root / rel).exists():
             return False, f"{root} lacks {rel} (damaged after set-up)"
