@@ -299,7 +299,17 @@ def smoke(root: Path, modules: list[str], cpu: str = "cortex-a53") -> dict[str, 
 
 
 def build(with_executorch: bool = False, force: bool = False, log=print) -> dict[str, Any]:
-    """Build the root filesystem unless a ready one with this recipe is there; returns its stamp."""
+    """Build the root filesystem unless a ready one with this recipe is there; returns its stamp. One set-up at a
+    time (a lock file beside it): a second one waits, then finds the first one's result ready."""
+    import fcntl
+
+    rootfs_dir().parent.mkdir(parents=True, exist_ok=True)
+    with open(rootfs_dir().parent / f".{rootfs_dir().name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(with_executorch, force, log)
+
+
+def _build_locked(with_executorch: bool, force: bool, log) -> dict[str, Any]:
     root = rootfs_dir()
     r = recipe(with_executorch)
     h = recipe_hash(r)
