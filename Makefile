@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)  # Debian packages for test-ap
 
 DEVICE_FIXTURES := build/device-fixtures
 
-.PHONY: demo test test-full test-runtime test-apps setup setup-runtime device-fixtures clean-venvs
+.PHONY: demo test test-full test-runtime test-apps setup setup-runtime device-fixtures device-test-deps clean-venvs
 
 # The main job on the bundled default model (set-up included).
 demo: setup
@@ -17,8 +17,13 @@ demo: setup
 # All tests (set-up included): the full toolkit, then runtime/ again in a venv without torch.
 test: test-full test-runtime test-apps
 
-test-full: setup
+test-full: setup setup-runtime device-test-deps
 	$(PY) -m pytest -q
+
+# Debian packages for the --device tests: a real OpenSSH server the tests start on 127.0.0.1 (tests/test_devices_ssh.py,
+# which runs the device venv as the remote Python) and the adb client (tests/test_devices_adb.py).
+device-test-deps:
+	test -x /usr/sbin/sshd && command -v adb >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends openssh-server openssh-client adb >/dev/null)
 
 # runtime/ in the device venv (no torch), including validate/profile of .tflite and .onnx artifacts against the FP32
 # reference outputs convert stored beside them (tests/runtime/test_device_env.py on the device fixtures).
