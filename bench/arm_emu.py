@@ -149,7 +149,9 @@ def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
                   f"ai-edge-litert {v.get('ai_edge_litert')}" + (f", executorch {v['executorch']}, torch {v['torch']}"
                                                                  if "executorch" in v else "") +
                   f"; {stamp.get('qemu', qemu_version())}. Machine: {platform.machine()}, 2 cores shared with other "
-                  "jobs (build time is network- and load-bound).", ""]
+                  "jobs; build time is network- and load-bound: the first build here took 81 s (load ~1), this one "
+                  "under a load average of ~7. `make test`'s ARM tests then take ~2.5 min on an idle machine (one "
+                  "24 px ORT INT8 conversion, 4 emulated runs).", ""]
     lines += [
         "How it runs: `qemu-aarch64 -cpu CPU -L VIEW ROOTFS/usr/bin/python3.11` (no chroot, no binfmt_misc, no root at",
         "run time). qemu's `-L` redirects only the paths that exist under the prefix, so the root filesystem has no",
@@ -181,9 +183,10 @@ def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
     lines += ["", NOTES_NUMERICS, "", "## Instruction counts per tile (64 px, 1 thread)", "",
               "`nsr-edge profile ART --device arm-emu:CPU`: a qemu TCG plugin (`nsr_edge/devices/qemu_plugin/insn_count.c`)",
               "counts the guest instructions executed between two marker system calls around the inference call only",
-              "(input/output conversion outside, as `profile` times it), after 1 warm-up call; 1 tile x 3 calls, median",
-              "(`profile --device arm-emu` itself: 2 warm-up calls, 2 tiles x 3 calls) (the 64 px artifacts of `bench/runtimes.py` store no reference tiles, so the tiles are seeded",
-              "noise: the kernels' work does not depend on the values, and hard dispatch's banks all have one size).",
+              "(input/output conversion outside, as `profile` times it). Here: 1 warm-up call, then 1 tile x 3 calls, median",
+              "(`profile --device arm-emu` itself: 2 warm-up calls, 2 tiles x 3 calls). The 64 px artifacts of",
+              "`bench/runtimes.py` store no reference tiles, so the tile is seeded noise: the kernels' work does not depend",
+              "on the values, and hard dispatch's banks all have one size.",
               "Classes decoded from the A64 encoding: `dot` = SDOT/UDOT, `simd` = other NEON/FP",
               "(loads/stores included), `scalar` = the rest (i8mm and SVE were 0 on these cores). M = 10^6 per tile;",
               "G/MP = 10^9 per output megapixel at the tiling stride.", ""]
@@ -229,9 +232,10 @@ NOTES_NUMERICS = """Reading (cortex-a76 and cortex-a53 give the same outputs: th
   routing heads' softmax/exp.
 - **Soft-routed INT8 artifacts inherit that float noise.** Their routing heads, softmax and mixing stay float between
   the int8 convolutions (the recipe's `fp32_parts`); an ULP-level float difference that lands on an int8 rounding
-  boundary moves one quantized activation by 1 LSB, which then propagates: ~0.3% of 8-bit output values move by one
-  level (max |diff| 2.6e-3 LiteRT, 3.2e-3 ORT, below one 8-bit level), Y-PSNR ARM vs x86 72-73 dB, and the distance
-  to FP32 PyTorch is the same on both (Y-PSNR within 0.01 dB). Deploy these on ARM with the same accuracy; for
+  boundary moves one quantized activation by 1 LSB, which then propagates (our reading of the numbers, not traced op
+  by op): 0.5-1.1% of the 8-bit output values move by one level (max |diff| 2.6e-3 LiteRT, 3.2e-3 ORT, below one
+  8-bit level), Y-PSNR ARM vs x86 72-76 dB, and the distance to FP32 PyTorch is the same on both (Y-PSNR within
+  0.01 dB). Deploy these on ARM with the same accuracy; for
   bit-identical outputs across CPUs, hard dispatch (integer-only programs) is the form that gives them.
 - ExecuTorch: not measured under emulation. Its Python runtime links libtorch, and PyPI's aarch64 torch 2.13.0
   depends on CUDA wheels (`nvidia-nccl-cu13`, ...) that have no build for this platform; the CPU-only wheels' index
@@ -249,8 +253,8 @@ NOTES_COUNTS = """Reading:
   LiteRT/XNNPACK; mapping those to our kernels would be a guess, so no estimate is given.
 - Repeatability: each count is the guest thread that opened the region only (a runtime's helper thread once added
   ~0.4 M instructions to a random call); ASLR is off (`setarch -R`), the run folder name is fixed, PYTHONHASHSEED=0;
-  the reported figure is the median of 3 calls per tile, averaged over 2 tiles. Separate runs agree to < 0.01%
-  (below); single calls within one run vary by ~0.1% (allocator and lock paths)."""
+  the reported figure is the median of the calls per tile, averaged over the tiles. Separate runs agree to < 0.01%
+  (below); single calls within one run vary by up to ~0.1% (allocator and lock paths)."""
 
 
 def main() -> int:

@@ -139,3 +139,34 @@ def test_cpuinfo_text():
 
     model, feats = parse_cpuinfo(text, "aarch64")
     assert model == "Cortex-A76" and "asimddp" in feats
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_plugin_classifies_a64_encodings(tmp_path):
+    """The plugin's classifier (compiled from the same source, in a small harness) on hand-assembled A64 words."""
+    from nsr_edge.devices.arm_rootfs import PLUGIN_SOURCE
+
+    words = {  # encoding: class (0 total, 1 scalar, 2 simd, 3 dot, 4 i8mm, 5 sve)
+        0x4E829420: 3,  # sdot v0.4s, v1.16b, v2.16b
+        0x6E829420: 3,  # udot v0.4s, v1.16b, v2.16b
+        0x4F82E020: 3,  # sdot v0.4s, v1.16b, v2.4b[0]
+        0x4E82A420: 4,  # smmla v0.4s, v1.16b, v2.16b
+        0x6E82A420: 4,  # ummla
+        0x4E82AC20: 4,  # usmmla
+        0x4E829C20: 4,  # usdot v0.4s, v1.16b, v2.16b
+        0x4E22CC20: 2,  # fmla v0.4s, v1.4s, v2.4s
+        0x3DC00020: 2,  # ldr q0, [x1]
+        0x8B020020: 1,  # add x0, x1, x2
+        0xF9400020: 1,  # ldr x0, [x1]
+        0x2598E3E0: 5,  # ptrue p0.s
+        0xA400A000: 5,  # ld1b {z0.b}, p0/z, [x0]
+    }
+    harness = tmp_path / "h.c"
+    harness.write_text(f'#define NSR_EDGE_CLASSIFY_ONLY\n#include "{PLUGIN_SOURCE}"\nint main(void) {{\n' + "".join(
+        f'    printf("%d\\n", classify(0x{w:08x}u));\n' for w in words) + "    return 0;\n}\n")
+    exe = tmp_path / "h"
+    import subprocess
+
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(harness)], check=True)
+    got = [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    assert got == list(words.values())
