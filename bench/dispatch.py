@@ -1,5 +1,5 @@
-"""Whole-model NSR on ExecuTorch/XNNPACK: host dispatch (hard routing) vs output mixing vs the dense models of equal
-parameters and equal MACs. Latency (1 thread, per tile, interleaved rounds in one run: min and median) and Y-PSNR
+"""Whole-model NSR on ExecuTorch/XNNPACK: hard routing inside one program (torch.cond, ``--target executorch
+--strategy hard``) and by host dispatch vs output mixing vs the dense models of equal parameters and equal MACs. Latency (1 thread, per tile, interleaved rounds in one run: min and median) and Y-PSNR
 through the deploy tiling, each artifact run by its real runner in a child process.
 
     .venv/bin/python bench/dispatch.py [--tile 64] [--sets set5 set14 bsd100] [--rounds 15] [--out docs/dispatch_bench.md]
@@ -46,6 +46,8 @@ def variants(st: str | None, shared: str) -> list[tuple[str, dict]]:
             (f"NSR hard output-mix {q}", dict(model=shared, target="executorch", recipe=recipe)),
             (f"NSR hard dispatch/block {q}", dict(model=shared, target="executorch-dispatch", recipe=recipe,
                                                   strategy="hard")),
+            (f"NSR hard in-program/block {q}", dict(model=shared, target="executorch", recipe=recipe,
+                                                    strategy="hard")),
         ]
         if st:
             out.append((f"NSR hard dispatch/layer {q}", dict(model=st, target="executorch-dispatch", recipe=recipe,

@@ -14,11 +14,16 @@ from collections import Counter
 from typing import Any, Callable
 
 
-from .base import (Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult, Recipe, method_name,
-                   register_target, require_modules)
+from nsr_edge.errors import UserError
 
-_NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr",
+from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
+                   Recipe, method_name, register_target, require_modules)
+
+_NON_COMPUTE = {"getitem", "executorch_call_delegate", "output", "placeholder", "get_attr", "cond",
                 "alloc"}  # alloc: ExecuTorch's memory planning op (to_executorch() rewrites the edge graph in place)
+
+
+_ROUTING_OPS = {"argmax", "select_copy.int", "lt.Scalar", "lt.Scalar_out", "eq.Scalar", "view_copy"}  # strategy hard: picks the branch
 
 
 class _WhyLog(logging.Handler):
@@ -62,6 +67,7 @@ class ExecuTorchTarget:
     capabilities = Capabilities(
         artifact="model.pte", runner="executorch", recipes=("fp32", "int8-ptq", "int8-qat"),
         calibrated_recipes=("int8-ptq", "int8-qat"),
+        requirements=HARD_DISPATCH_REQUIREMENTS,  # --strategy hard: routing inside the program (control_flow.py)
     )
 
     def check_available(self) -> None:
@@ -69,6 +75,11 @@ class ExecuTorchTarget:
 
     def pt2e_quantizer(self, recipe: Recipe, model: Any) -> Any:
         if not recipe.quantized:
+            return None
+        if _hard_routed(model):  # quantized per bank program inside lower() (PT2E cannot see into cond branches)
+            if recipe.method != "ptq":
+                raise UserError(f"target executorch --strategy hard supports fp32 and int8-ptq, not {recipe.name} "
+                                "(its programs are quantized one by one after routing; QAT would need the same split)")
             return None
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -87,6 +98,8 @@ class ExecuTorchTarget:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
+        if context.strategy == "hard":
+            return self.lower_hard(model, examples, context)
         programs, shapes = export_methods(model, examples)
 
         why = _WhyLog()
@@ -120,23 +133,75 @@ class ExecuTorchTarget:
         return LoweringResult({self.capabilities.artifact: et.buffer}, methods, "XNNPACK", notes, side_files=side)
 
 
+    def lower_hard(self, model: Any, examples: list[Any], context: LoweringContext) -> LoweringResult:
+        """Hard routing inside one ``forward``: the dispatch plan's programs (quantized one by one for INT8, each bank
+        on the tiles routed to it) composed with ``torch.cond``, every branch delegated (`control_flow`)."""
+        import torch
+
+        from .control_flow import compose_plan, lower_with_control_flow
+        from .executorch_dispatch import build_plan, quantize_plan
+
+        if len(examples) != 1:
+            raise UserError("target executorch --strategy hard writes one tile size per artifact (no --extra-tiles)")
+        x = examples[0]
+        plan = build_plan(model, target="target executorch --strategy hard",
+                          dense_hint="convert dense models with --strategy output-mix")
+        modules, notes, extra = plan.programs, list(plan.notes), {}
+        if context.recipe.quantized:
+            if context.calibration_tiles is None or not len(context.calibration_tiles):
+                raise UserError("target executorch --strategy hard: int8 recipes need calibration tiles")
+            q = quantize_plan(plan, context.calibration_tiles, context.recipe)
+            modules = q["modules"]
+            extra["in_program_routing"] = {"calibration": q["calibration"]}
+        composite = compose_plan(modules, plan.stages)
+        with torch.no_grad():
+            out_shape = list(composite(x).shape)
+        edge, et = lower_with_control_flow(composite, x)
+        method = delegation_of(edge, "forward", list(x.shape), out_shape,
+                               lambda n: _default_reason(_op_name(n), context.recipe.quantized))
+        stray = {f.op: f.count for f in method.fallbacks if f.op not in _ROUTING_OPS}
+        if "convolution" in stray:
+            raise UserError(f"target executorch --strategy hard: {stray['convolution']} convolution(s) did not "
+                            "delegate to XNNPACK inside the routing branches (they would run ~100x slower in portable "
+                            "kernels); not writing the artifact")
+        routed = sum(1 for st in plan.stages if len(st["methods"]) > 1)
+        extra.setdefault("in_program_routing", {}).update(
+            {"banks": plan.banks, "mode": plan.mode, "routed_stages": routed, "programs": len(modules),
+             "routing": "argmax over each routed stage's k logits (first index on ties) inside the program; "
+                        "torch.cond picks the bank's delegated branch"})
+        notes.append(f"hard routing inside one forward: {routed} routed stages x {plan.banks} banks as torch.cond "
+                     f"branches, {method.partitions} XNNPACK partitions; only the routing decision runs outside")
+        if stray:
+            notes.append("ops outside XNNPACK besides routing: " + ", ".join(f"{k} x{v}" for k, v in stray.items()))
+        return LoweringResult({self.capabilities.artifact: et.buffer}, [method], "XNNPACK", notes, extra=extra)
+
+
+def _hard_routed(model: Any) -> bool:
+    from nsr_edge.deploy import HardRoutedConv
+
+    return any(isinstance(m, HardRoutedConv) for m in model.modules())
+
+
 def delegation_of(edge: Any, name: str, input_shape: list[int], output_shape: list[int],
                   reason_for: Callable[[Any], str]) -> LoweredMethod:
     """What ran where in one lowered method: compute ops inside XNNPACK delegates, and each op kind left outside
     with the reason ``reason_for(node)`` gives for its first occurrence."""
-    gm = edge.exported_program(name).graph_module
-    outside = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE]
-    delegates = [n for n in gm.graph.nodes if n.op == "call_function" and _op_name(n) == "executorch_call_delegate"]
-    inside = 0
-    for d in delegates:
-        inner = getattr(gm, d.args[0].target).original_module.graph_module.graph.nodes
-        inside += sum(1 for n in inner if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE)
+    from .control_flow import control_flow_modules
+
+    outside, inside, partitions = [], 0, 0
+    for gm in control_flow_modules(edge.exported_program(name).graph_module):  # cond branches too (strategy hard)
+        calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+        outside += [n for n in calls if _op_name(n) not in _NON_COMPUTE]
+        for d in (n for n in calls if _op_name(n) == "executorch_call_delegate"):
+            inner = getattr(gm, d.args[0].target).original_module.graph_module.graph.nodes
+            inside += sum(1 for n in inner if n.op == "call_function" and _op_name(n) not in _NON_COMPUTE)
+            partitions += 1
     counts = Counter(_op_name(n) for n in outside)
     reasons: dict[str, str] = {}
     for n in outside:
         reasons.setdefault(_op_name(n), reason_for(n))
     fallbacks = [Fallback(op, c, reasons[op]) for op, c in counts.most_common()]
-    return LoweredMethod(name, input_shape, output_shape, inside, inside + len(outside), len(delegates), fallbacks)
+    return LoweredMethod(name, input_shape, output_shape, inside, inside + len(outside), partitions, fallbacks)
 
 
 def _default_reason(op: str, quantized: bool) -> str:
@@ -144,6 +209,8 @@ def _default_reason(op: str, quantized: bool) -> str:
         return "quantize/dequantize at a float/int8 boundary outside a delegated int8 region"
     if op in ("_clone_dim_order", "_to_dim_order_copy"):
         return "layout copy (NCHW <-> channels-last) between delegates or at an output"
+    if op in _ROUTING_OPS:
+        return "the routing decision (argmax of k logits, scalar compares choosing the cond branch): by design outside XNNPACK"
     if op in ("convolution",):
         return "convolution with a non-static (computed) weight: XNNPACK needs static weights"
     return "not supported by the XNNPACK partitioner in this graph form (no reason logged)"
