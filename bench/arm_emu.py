@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nsr_edge.devices import arm_rootfs  # noqa: E402
-from nsr_edge.devices.arm_emu import count_instructions, qemu_version, validate_on_arm  # noqa: E402
+from nsr_edge.devices import arm_rootfs
+from nsr_edge.devices.arm_emu import count_instructions, qemu_version, validate_on_arm
 
 # name: (model, target, recipe, strategy)
 NUMERICS = {
@@ -243,6 +243,15 @@ NOTES_NUMERICS = """Reading (cortex-a76 and cortex-a53 give the same outputs: th
 
 NOTES_COUNTS = """Reading:
 
+- **INT8 vs FP32** (cortex-a76, LiteRT): the soft model executes 0.36x the instructions in INT8 (dot-product
+  instructions are 45% of them), the dense equal-params model 0.30x; ONNX Runtime's INT8 (its float parts left float
+  by the recipe) 0.47x.
+- **Hard dispatch vs dense of equal params** (cortex-a76, LiteRT): 0.28x in FP32, 0.66x in INT8; ORT kernel mixing
+  (soft routing, exact) 0.30x of the equal-params dense model in FP32. INT8 dispatch gains less because its per-layer
+  host loop (numpy quantize/dequantize and routing between the bank programs, counted: it runs on the device too)
+  stays: 70% of its instructions are NEON/FP outside the dot-product kernels, and it executes 1.9x the instructions of
+  the dense model of equal MACs. The same ordering as the x86 wall-clock bench (docs/dispatch_bench.md: 2.24x faster
+  than equal params, equal MACs 1.28x faster still).
 - The counts are guest instructions of the real ARM kernels, not time: a dot-product instruction does 16 int8 MACs,
   a NEON FMA 4 fp32 MACs, and cores retire them at different rates (in-order dual-issue A53 vs out-of-order A76), so
   ratios within one CPU and one runtime are the meaningful comparison, not absolute numbers across CPUs.

@@ -25,7 +25,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -138,9 +139,9 @@ def count(artifact_dir: str, threads: int = 1, runs: int = 3, warmup: int = 1, t
         spreads.append((max(tot) - min(tot)) / min(tot) if min(tot) else 0.0)
     per_tile = float(np.mean([m["total"] for m in medians.values()])) / batch
     stride_out = int(spec.stride) * max(1, scale)
-    classes = {c: int(round(np.mean([m.get(c, 0) for m in medians.values()]) / batch)) for c in CLASSES}
+    classes = {c: round(float(np.mean([m.get(c, 0) for m in medians.values()]) / batch)) for c in CLASSES}
     record = {"method": "forward", "tile": int(spec.tile), "cpu": os.environ.get("NSR_EDGE_ARM_CPU", ""),
-              "per_tile": int(round(per_tile)), "per_megapixel": per_tile / (stride_out * stride_out) * 1e6,
+              "per_tile": round(per_tile), "per_megapixel": per_tile / (stride_out * stride_out) * 1e6,
               "runs": len(regions), "spread": float(max(spreads)), "classes": classes}
     return {"command": "profile", "kind": "instruction_count", "instruction_count": record, "regions": regions,
             "tiles": {"count": tiles, "batch": batch, "source": source, "input_shape": list(shape)},

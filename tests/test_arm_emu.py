@@ -14,7 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nsr_edge.devices import arm_rootfs
@@ -37,8 +36,7 @@ def _need_emulator() -> None:
 @pytest.fixture(scope="module")
 def rootfs() -> Path:
     _need_emulator()
-    ok, why = arm_rootfs.status()
-    if not ok:
+    if not arm_rootfs.status()[0]:
         try:
             arm_rootfs.build(log=lambda m: print(m, flush=True))
         except UserError as e:
@@ -83,8 +81,9 @@ def test_int8_numerics_on_arm_kernels(rootfs, ort_int8):
 
 def test_instruction_counts_dot_product_and_repeatable(rootfs, ort_int8):
     """cortex-a76 runs SDOT/UDOT kernels (counted), cortex-a72 none; a second run repeats the count to 0.01%."""
-    from nsr_edge.devices.arm_emu import count_instructions, format_instruction_count
     from nsr_edge.runtime.card import load_card
+
+    from nsr_edge.devices.arm_emu import count_instructions, format_instruction_count
 
     a76 = count_instructions(ort_int8, "cortex-a76", record=True, timeout=900)
     print(format_instruction_count(a76))

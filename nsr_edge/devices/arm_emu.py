@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from . import arm_rootfs
 from .base import (
     REMOTE_DIR_PREFIX,
@@ -54,7 +55,8 @@ def no_aslr_prefix() -> list[str]:
 
 def qemu_version() -> str:
     try:
-        out = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (out.splitlines() or ["unknown"])[0].replace("qemu-aarch64 version ", "")
@@ -67,7 +69,7 @@ class ArmEmuTransport(Transport):
     def __init__(self, cpu: str, options: DeviceOptions) -> None:
         try:
             self.cpu = arm_rootfs.check_cpu(cpu)
-        except Exception as e:  # UserError -> DeviceError, one line
+        except UserError as e:  # -> DeviceError, one line
             raise DeviceError(f"--device arm-emu:{cpu}: {e}") from None
         self.name = f"arm-emu:{self.cpu}"
         self.tmp_root = options.remote_tmp or "/tmp"
@@ -75,7 +77,7 @@ class ArmEmuTransport(Transport):
         self._view: Path | None = None
 
     @classmethod
-    def from_spec(cls, arg: str | None, options: DeviceOptions) -> "ArmEmuTransport":
+    def from_spec(cls, arg: str | None, options: DeviceOptions) -> ArmEmuTransport:
         return cls(arg or DEFAULT_CPU, options)
 
     def describe(self) -> str:
@@ -91,7 +93,7 @@ class ArmEmuTransport(Transport):
                 self._view = arm_rootfs.view(self.cpu)
             except DeviceError:
                 raise
-            except Exception as e:  # UserError from the root filesystem: one line
+            except (UserError, OSError) as e:  # the root filesystem or its view: one line
                 raise DeviceError(f"{self.describe()}: {e}") from None
         return self._view
 
@@ -154,7 +156,7 @@ class ArmEmuTransport(Transport):
             log = str(Path(pid_file).parent / INSN_LOG) if pid_file else tempfile.mktemp(prefix="nsr-edge-insn.")
             try:
                 plugin = arm_rootfs.plugin_path()
-            except Exception as e:  # UserError: no gcc
+            except UserError as e:  # no gcc
                 raise DeviceError(f"{self.describe()}: {e}") from None
             argv[1:1] = ["-plugin", str(plugin), "-d", "plugin", "-D", log]
             env["NSR_EDGE_INSN_LOG"] = log
@@ -226,7 +228,6 @@ class ArmEmuTransport(Transport):
     def profile_command(self, args: Any, card: Any) -> int:
         """Instructions per tile (and per output megapixel, by class) on the emulated core; never seconds."""
         from ..commands._common import print_json
-        from ..errors import UserError
         from .commands import device_line
 
         if getattr(args, "runner", None):
@@ -311,7 +312,7 @@ def compare_with_host(artifact_dir: str | os.PathLike, arm_outputs: np.ndarray,
     _, ref = load_reference_outputs(artifact_dir, card)
     host = host_outputs(artifact_dir) if host is None else host
     return {"arm_vs_host": diff_stats(arm_outputs, host), "arm_vs_fp32": diff_stats(arm_outputs, ref),
-            "host_vs_fp32": diff_stats(host, ref), "tiles": int(len(ref))}
+            "host_vs_fp32": diff_stats(host, ref), "tiles": len(ref)}
 
 
 def validate_on_arm(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, threads: int = 1,
@@ -392,5 +393,15 @@ def format_arm_validation(result: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ArmEmuTransport", "DEFAULT_CPU", "compare_with_host", "count_instructions", "format_arm_validation",
-           "format_instruction_count", "host_outputs", "instruction_record", "record_result", "validate_on_arm"]
+__all__ = [
+    "DEFAULT_CPU",
+    "ArmEmuTransport",
+    "compare_with_host",
+    "count_instructions",
+    "format_arm_validation",
+    "format_instruction_count",
+    "host_outputs",
+    "instruction_record",
+    "record_result",
+    "validate_on_arm",
+]
