@@ -215,14 +215,17 @@ def write_doc(doc: Path, results: dict, cpus: list[str]) -> None:
         lines.append("")
     rep = results.get("repeat", {})
     if rep:
-        lines += ["Repeatability (same artifact, separate processes): " + "; ".join(
-            f"{k}: {', '.join(str(x) for x in v['per_tile'])} (max spread {v['spread']:.4%})" for k, v in rep.items()) + ".",
-            ""]
+        lines += ["Repeatability (same artifact, three separate runs after the table's): " + "; ".join(
+            f"{k}: {', '.join(f'{x:,}' for x in v['per_tile'])} instructions per tile (spread {v['spread']:.4%})"
+            for k, v in rep.items()) + "; the table's run, from an earlier invocation, differs from them by " + ", ".join(
+                f"{abs(cnt[k2]['instruction_count']['per_tile'] - v['per_tile'][0]):,}" for k, v in rep.items()
+                for k2 in [k.replace(' cortex', '|cortex')] if k2 in cnt) + " instructions.", ""]
     lines += [NOTES_COUNTS, ""]
     doc.write_text("\n".join(lines))
 
 
-NOTES_NUMERICS = """Reading (cortex-a76 and cortex-a53 give the same outputs: the kernels that differ from x86 are the same):
+NOTES_NUMERICS = """Reading (cortex-a76, with dot-product kernels, and cortex-a53, without, show the same differences to x86: the same
+max |diff| and the same count of differing values):
 
 - **Integer kernels are bit-exact ARM vs x86.** The hard-dispatch INT8 artifact (`nsr_sr_x2_hard`, LiteRT: only
   int8 convolutions in its programs, routing by argmax on the host) gives identical outputs on the emulated cores and
@@ -252,6 +255,13 @@ NOTES_COUNTS = """Reading:
   stays: 70% of its instructions are NEON/FP outside the dot-product kernels, and it executes 1.9x the instructions of
   the dense model of equal MACs. The same ordering as the x86 wall-clock bench (docs/dispatch_bench.md: 2.24x faster
   than equal params, equal MACs 1.28x faster still).
+- **cortex-a53** (no dot product): INT8 saves much less: 0.73x of FP32 for the soft model, 0.71x for the dense
+  equal-params model, 0.88x on ONNX Runtime (without SDOT, which does 16 int8 MACs in one instruction, the int8
+  products are widened and accumulated by several NEON instructions). Hard dispatch vs dense equal params: 0.27x (FP32), 0.33x (INT8):
+  on a core without dot product the sparse form keeps most of its advantage in INT8 too.
+- Kernels follow the core, not only its ISA: XNNPACK picks Cortex-A53-tuned FP32 kernels from the core's MIDR (the
+  view's /proc/cpuinfo), 1.5x the instructions of the cortex-a76 ones for the same model, while ONNX Runtime's MLAS
+  runs the same FP32 kernels on both cores (identical counts to 0.003%).
 - The counts are guest instructions of the real ARM kernels, not time: a dot-product instruction does 16 int8 MACs,
   a NEON FMA 4 fp32 MACs, and cores retire them at different rates (in-order dual-issue A53 vs out-of-order A76), so
   ratios within one CPU and one runtime are the meaningful comparison, not absolute numbers across CPUs.
@@ -263,7 +273,7 @@ NOTES_COUNTS = """Reading:
 - Repeatability: each count is the guest thread that opened the region only (a runtime's helper thread once added
   ~0.4 M instructions to a random call); ASLR is off (`setarch -R`), the run folder name is fixed, PYTHONHASHSEED=0;
   the reported figure is the median of the calls per tile, averaged over the tiles. Separate runs agree to < 0.01%
-  (below); single calls within one run vary by up to ~0.1% (allocator and lock paths)."""
+  (above); single calls within one run vary by up to ~0.1% (allocator and lock paths)."""
 
 
 def main() -> int:
