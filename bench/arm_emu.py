@@ -231,8 +231,9 @@ max |diff| and the same count of differing values):
   int8 convolutions in its programs, routing by argmax on the host) gives identical outputs on the emulated cores and
   on x86, so XNNPACK's QS8 convolution kernels (NEON / dot product on ARM, AVX2 on x86) agree to the bit.
 - **Float kernels differ in the last bits.** The FP32 artifacts differ by at most 2-4e-7 (a few ULPs; no 8-bit output
-  value changes): different vector widths, summation orders and fused multiply-adds in the float convolutions and the
-  routing heads' softmax/exp.
+  value changes), what different vector widths, summation orders and fused multiply-adds in the float convolutions
+  and the routing heads' softmax/exp lead one to expect (not traced kernel by kernel). ONNX Runtime's integer
+  kernels were not isolated (its INT8 artifacts keep float parts); they are covered only by the soft-routed row.
 - **Soft-routed INT8 artifacts inherit that float noise.** Their routing heads, softmax and mixing stay float between
   the int8 convolutions (the recipe's `fp32_parts`); an ULP-level float difference that lands on an int8 rounding
   boundary moves one quantized activation by 1 LSB, which then propagates (our reading of the numbers, not traced op
