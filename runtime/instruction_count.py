@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=3, help="counted calls per tile (capped at 5)")
+    p.add_argument("--runs", type=int, default=5, help="counted calls per tile (capped at 5)")
     p.add_argument("--warmup", type=int, default=2, help="uncounted calls first (capped at 3)")
     p.add_argument("--tiles", type=int, default=int(os.environ.get("NSR_EDGE_INSN_TILES") or 2),
                    help="distinct input tiles counted (default $NSR_EDGE_INSN_TILES or 2)")

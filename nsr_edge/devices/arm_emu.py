@@ -239,7 +239,7 @@ class ArmEmuTransport(Transport):
         if args.threads != 1:
             raise UserError("--device arm-emu counts instructions with --threads 1 (the counters are shared by all "
                             "threads)")
-        result = count_instructions(args.artifact, self.cpu, runs=min(args.runs, 3), warmup=min(args.warmup, 2),
+        result = count_instructions(args.artifact, self.cpu, runs=min(args.runs, 5), warmup=min(args.warmup, 2),
                                     record=bool(args.record), transport=self)
         if args.json:
             print_json(result)
@@ -333,7 +333,7 @@ def validate_on_arm(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, thr
     return result
 
 
-def count_instructions(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, runs: int = 3, tiles: int = 2,
+def count_instructions(artifact_dir: str | os.PathLike, cpu: str = DEFAULT_CPU, runs: int = 5, tiles: int = 2,
                        warmup: int = 2, record: bool = False, timeout: float = 3600.0,
                        transport: ArmEmuTransport | None = None) -> dict[str, Any]:
     """``profile --device arm-emu:CPU``: guest instructions per tile (and per megapixel, by class) of the artifact's
