@@ -10,8 +10,8 @@ Torch-free, standard library only.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 MAGIC = 0x4E5352450000  # "NSRE" << 16; keep in sync with insn_count.c (MARKER_MAGIC)
 OP_START, OP_STOP = 1, 2
