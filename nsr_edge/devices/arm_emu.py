@@ -40,6 +40,7 @@ from .base import (
     Transport,
     run_on_device,
 )
+from .local import HostFiles
 
 DEFAULT_CPU = "cortex-a76"
 INSN_LOG = "insn.log"
@@ -62,7 +63,7 @@ def qemu_version() -> str:
     return (out.splitlines() or ["unknown"])[0].replace("qemu-aarch64 version ", "")
 
 
-class ArmEmuTransport(Transport):
+class ArmEmuTransport(HostFiles, Transport):
     kind = "arm-emu"
     in_process = True
 
@@ -248,19 +249,6 @@ class ArmEmuTransport(Transport):
         print(device_line(result["device"]))
         return 0
 
-    def fetch(self, remote_path: str, local: Path) -> None:
-        try:
-            shutil.copyfile(remote_path, local)
-        except OSError as e:
-            raise DeviceError(f"on {self.describe()}: cannot copy {remote_path} to {local}: {e.strerror}") from None
-
-    def remove(self, remote_dir: str) -> None:
-        d = Path(remote_dir)
-        if not d.name.startswith(REMOTE_DIR_PREFIX):
-            raise DeviceError(f"refusing to remove {remote_dir!r}: not a folder nsr-edge made")
-        shutil.rmtree(d, ignore_errors=True)
-        if d.exists():
-            raise DeviceError(f"{remote_dir} could not be removed")
 
 
 # ------------------------------------------------------------------------------------- host-side helpers (toolkit)

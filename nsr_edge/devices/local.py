@@ -21,7 +21,25 @@ from .base import (
 )
 
 
-class LocalTransport(Transport):
+class HostFiles:
+    """fetch/remove for transports whose "device" folders are folders of this machine (local, arm-emu)."""
+
+    def fetch(self, remote_path: str, local: Path) -> None:
+        try:
+            shutil.copyfile(remote_path, local)
+        except OSError as e:
+            raise DeviceError(f"on {self.describe()}: cannot copy {remote_path} to {local}: {e.strerror}") from None
+
+    def remove(self, remote_dir: str) -> None:
+        d = Path(remote_dir)
+        if not d.name.startswith(REMOTE_DIR_PREFIX):
+            raise DeviceError(f"refusing to remove {remote_dir!r}: not a folder nsr-edge made")
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            raise DeviceError(f"{remote_dir} could not be removed")
+
+
+class LocalTransport(HostFiles, Transport):
     kind = "local"
 
     def __init__(self, options: DeviceOptions) -> None:
@@ -86,19 +104,6 @@ class LocalTransport(Transport):
                     Path(pid_file).unlink(missing_ok=True)
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-    def fetch(self, remote_path: str, local: Path) -> None:
-        try:
-            shutil.copyfile(remote_path, local)
-        except OSError as e:
-            raise DeviceError(f"on {self.describe()}: cannot copy {remote_path} to {local}: {e.strerror}") from None
-
-    def remove(self, remote_dir: str) -> None:
-        d = Path(remote_dir)
-        if not d.name.startswith(REMOTE_DIR_PREFIX):
-            raise DeviceError(f"refusing to remove {remote_dir!r}: not a folder nsr-edge made")
-        shutil.rmtree(d, ignore_errors=True)
-        if d.exists():
-            raise DeviceError(f"{remote_dir} could not be removed")
 
 
 __all__ = ["LocalTransport"]
