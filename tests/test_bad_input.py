@@ -149,11 +149,11 @@ OPTION_CASES = [
 
 
 @pytest.mark.parametrize("args,expect", OPTION_CASES, ids=[" ".join(a)[:60] for a, _ in OPTION_CASES])
-def test_bad_options_are_one_line_and_fast(world, tmp_path, args, expect):
+def test_bad_options_are_one_line(world, tmp_path, args, expect):
+    # No wall-clock assertion (timings are benchmarks, and CI machines are loaded): "before any work" is checked by
+    # the tests that make the work itself fail if reached.
     values = {"img": world["img"], "ckpt": world["ckpt"], "art": world["art"], "out": tmp_path}
-    t0 = time.perf_counter()
     refused([a.format(**values) for a in args], world, tmp_path, expect)
-    assert time.perf_counter() - t0 < 10  # the target is 2 s; loose for a loaded CI machine
 
 
 # ------------------------------------------------------------------------------------------------------------- images
@@ -596,10 +596,8 @@ def test_read_only_output_is_refused_before_any_work(world, small_fs, command, t
             "import-checkpoint": ["import-checkpoint", world["ckpt"], "--out", ro / "o.pt"],
             "train": ["train", "--out", ro / "run", "--steps", "1"],
             "demo": ["demo", "--model", world["ckpt"], "--out", ro / "d"]}[command]
-    t0 = time.perf_counter()
     line = one_line_error(run_cli(*args))
     assert "cannot write" in line, line
-    assert time.perf_counter() - t0 < 10
     assert not any(ro.iterdir())
 
 
