@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UserError
 
@@ -144,15 +144,15 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     return result, code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # The JSON goes to the original stdout; whatever native code prints to fd 1 meanwhile goes to stderr, so the
-    # result a host reads is never mixed with a runtime's chatter.
+def json_main(body: Callable[[], tuple[dict[str, Any], int]]) -> int:
+    """Run a device-side command: ``body()`` gives (result, exit code); the result is printed as JSON on the original
+    stdout, refusals as one line on stderr (exit 2, 130 on Ctrl-C). Whatever native code prints to fd 1 meanwhile goes
+    to stderr, so the result a host reads is never mixed with a runtime's chatter."""
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        args = build_parser().parse_args(argv)
-        result, code = run(args)
+        result, code = body()
     except UserError as e:
         print(f"nsr-edge device: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
@@ -165,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write(json.dumps(result, indent=2) + "\n")
     out.flush()
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return json_main(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

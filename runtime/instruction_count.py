@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import re
 import sys
@@ -151,10 +150,9 @@ def count(artifact_dir: str, threads: int = 1, runs: int = 3, warmup: int = 1, t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    try:
+    from .device_cli import json_main
+
+    def body() -> tuple[dict[str, Any], int]:
         args = build_parser().parse_args(argv)
         if args.threads != 1:
             raise UserError("instruction counts are taken with --threads 1 (the plugin's counters are shared by all "
@@ -166,15 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         card = load_card(args.artifact)
         result["device"] = describe_device(args.device_name, args.transport, runtime_version(card.runner),
                                            result["threads"], emulated=True).__dict__
-    except UserError as e:
-        print(f"nsr-edge device: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nsr-edge device: interrupted", file=sys.stderr)
-        return 130
-    out.write(json.dumps(result, indent=2) + "\n")
-    out.flush()
-    return 0
+        return result, 0
+
+    return json_main(body)
 
 
 if __name__ == "__main__":
