@@ -40,7 +40,7 @@ from .base import (
     Transport,
     run_on_device,
 )
-from .local import HostFiles
+from .local import HostFiles, run_host_process
 
 DEFAULT_CPU = "cortex-a76"
 INSN_LOG = "insn.log"
@@ -163,24 +163,7 @@ class ArmEmuTransport(HostFiles, Transport):
             env["NSR_EDGE_INSN_LOG"] = log
         # cwd: a folder without an nsr_edge package (python -m puts the cwd first on sys.path)
         cwd = str(Path(pid_file).parent) if pid_file else self.tmp_root
-        with subprocess.Popen(no_aslr_prefix() + argv, env=self.guest_env(env), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
-            if pid_file:
-                Path(pid_file).write_text(f"{proc.pid}\n")
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise DeviceError(f"on {self.describe()}: the run did not finish within {timeout:g} s") from None
-            except BaseException:
-                proc.kill()
-                proc.communicate()
-                raise
-            finally:
-                if pid_file:
-                    Path(pid_file).unlink(missing_ok=True)
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return run_host_process(self, no_aslr_prefix() + argv, self.guest_env(env), timeout, pid_file, cwd)
 
     # -- nsr-edge validate|profile --device arm-emu:CPU (the hooks of base.Transport)
     def validate_command(self, args: Any, card: Any) -> int:
@@ -193,21 +176,14 @@ class ArmEmuTransport(HostFiles, Transport):
         from ..runtime import validate as V
         from ..runtime.card import record_validation
         from ..runtime.reference_outputs import load_reference_outputs
-        from .commands import device_line
+        from .commands import device_line, stored_summary
 
         load_reference_outputs(args.artifact, card)  # refused before the emulator starts
         tol = V.Tolerances(None, args.min_psnr_vs_reference, args.max_abs)
         result = validate_on_arm(args.artifact, self.cpu, args.threads, transport=self, max_abs=args.max_abs,
                                  min_psnr_vs_reference=args.min_psnr_vs_reference)
         stored = result["stored"]
-        ss = stored["summary"]
-        summary: dict[str, Any] = {"images": 0, "reference_tiles": ss["tiles"]}
-        for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
-            if key in ss:
-                summary[key] = ss[key]
-        fails = [] if stored.get("finite", True) else [
-            f"the artifact's output holds {ss.get('non_finite')} non-finite values on the stored reference tiles"]
-        fails += V.check(summary, tol)
+        summary, fails = stored_summary(stored, tol)
         label = f"{stored['reference']['dataset']} (stored reference tiles)"
         report = {"stored": stored, "summary": summary, "arm": result["arm"], "dataset": label,
                   "reference": "stored", "passed": not fails, "device": result["device"]}

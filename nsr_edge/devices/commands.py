@@ -121,16 +121,8 @@ def validate_on_device(args: argparse.Namespace) -> int:
                                          min_psnr_vs_reference=args.min_psnr_vs_reference, images=images,
                                          allow_small=args.allow_small))
     stored = result["stored"]
-    ss = stored["summary"]
     data = result.get("dataset")
-    summary: dict[str, Any] = dict(data["summary"]) if data else {"images": 0}
-    summary["reference_tiles"] = ss["tiles"]
-    for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
-        if key in ss:
-            summary[key] = ss[key]
-    fails = [] if stored.get("finite", True) else [
-        f"the artifact's output holds {ss.get('non_finite')} non-finite values on the stored reference tiles"]
-    fails += V.check(summary, tol)
+    summary, fails = stored_summary(stored, tol, data["summary"] if data else None)
     label = data["label"] if data else f"{stored['reference']['dataset']} (stored reference tiles)"
     spec = tile_spec(card)
     report = {"stored": stored, "summary": summary, "images": data["images"] if data else [], "dataset": label,
@@ -152,6 +144,23 @@ def validate_on_device(args: argparse.Namespace) -> int:
     for f in fails:
         print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
     return 1 if fails else 0
+
+
+def stored_summary(stored: dict[str, Any], tol: Any, base: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """The summary of a device validation on the stored reference tiles (added to the data set's summary ``base``
+    when images were scored too) and the failed checks: non-finite outputs, then the tolerances ``tol``."""
+    from ..runtime import validate as V
+
+    ss = stored["summary"]
+    summary: dict[str, Any] = dict(base) if base else {"images": 0}
+    summary["reference_tiles"] = ss["tiles"]
+    for key in ("psnr_vs_reference", "max_abs_vs_reference", "psnr_vs_reference_identical_images"):
+        if key in ss:
+            summary[key] = ss[key]
+    fails = [] if stored.get("finite", True) else [
+        f"the artifact's output holds {ss.get('non_finite')} non-finite values on the stored reference tiles"]
+    return summary, fails + V.check(summary, tol)
 
 
 def stage_images(card: Any, args: argparse.Namespace, folder: Path) -> Path:

@@ -86,24 +86,31 @@ class LocalTransport(HostFiles, Transport):
 
     def run(self, argv: list[str], timeout: float, env: dict[str, str],
             pid_file: str | None = None) -> subprocess.CompletedProcess:
-        with subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) as proc:
-            if pid_file:
-                Path(pid_file).write_text(f"{proc.pid}\n")
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise DeviceError(f"on {self.describe()}: the run did not finish within {timeout:g} s") from None
-            except BaseException:
-                proc.kill()
-                raise
-            finally:
-                if pid_file:  # reaped: the pid may be anyone's from now on
-                    Path(pid_file).unlink(missing_ok=True)
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return run_host_process(self, argv, {**os.environ, **env}, timeout, pid_file)
 
 
 
-__all__ = ["LocalTransport"]
+def run_host_process(transport: Transport, argv: list[str], env: dict[str, str], timeout: float,
+                     pid_file: str | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run a device command as a process of this machine (local, arm-emu): output captured, its pid in ``pid_file``
+    while it runs (for the shared clean-up), killed and reaped on a timeout or an interrupt."""
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
+        if pid_file:
+            Path(pid_file).write_text(f"{proc.pid}\n")
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise DeviceError(f"on {transport.describe()}: the run did not finish within {timeout:g} s") from None
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            if pid_file:  # reaped: the pid may be anyone's from now on
+                Path(pid_file).unlink(missing_ok=True)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+__all__ = ["LocalTransport", "HostFiles", "run_host_process"]
