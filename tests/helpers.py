@@ -48,3 +48,19 @@ def artifact_vouched_by_card(source_dir, folder, data: bytes):
     card["artifact"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (folder / "model.json").write_text(json.dumps(card))
     return folder
+
+
+def spread_router_model(cfg):
+    """An untrained model of ``cfg`` (seed 0) whose routers have real spread, so that real tiles reach several banks
+    (the dispatch and in-program routing tests exercise every branch)."""
+    import torch
+    from nsr_edge.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    with torch.no_grad():
+        for mod in m.modules():
+            if getattr(mod, "mlp", None) is not None:
+                mod.mlp[0].weight.mul_(40.0)
+    return m.eval()
+

@@ -29,14 +29,7 @@ SHARED = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, 
                      routing=RoutingConfig(kind="straight_through", shared=True))
 
 
-def _model(cfg):
-    torch.manual_seed(0)
-    m = build_model(cfg)
-    with torch.no_grad():  # routers with real spread, so that real tiles go to several banks
-        for mod in m.modules():
-            if getattr(mod, "mlp", None) is not None:
-                mod.mlp[0].weight.mul_(40.0)
-    return m.eval()
+_model = helpers.spread_router_model
 
 
 def _checkpoint(root, cfg):
