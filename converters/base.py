@@ -174,6 +174,7 @@ class LoweringResult:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific card fields (e.g. int8 I/O scales)
     side_files: dict[str, bytes] = field(default_factory=dict)  # debug companions (e.g. ETRecord), not hashed
+    tensor_errors: Any = None  # the card's `TensorErrorReport` (INT8 LiteRT: converters/litert_tensor_errors.py)
 
     def artifact_files(self, artifact: str) -> dict[str, bytes]:
         """The files that make up ``artifact``: the file itself, or every file under ``artifact/`` (a directory)."""

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.litert_runner import interpreter_class, method_file  # one naming rule for both sides
 
-from .base import (HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
+from . import litert_tensor_errors as TE
+from .base import (FP32_PARTS, HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
                    Recipe, method_name, register_target, require_modules)
 
 @contextmanager
@@ -314,6 +315,7 @@ def lower_hard(model: Any, examples: list[Any], context: LoweringContext) -> Low
     calibration = None
     io = signature_io(data)
     exclusions: dict[str, str] = {}
+    errors: tuple[Any, bytes] | None = None
     if recipe.quantized:
         if context.calibration_tiles is None:
             raise RuntimeError("int8-ptq on LiteRT needs calibration tiles (capabilities.calibrated_recipes)")
@@ -323,7 +325,10 @@ def lower_hard(model: Any, examples: list[Any], context: LoweringContext) -> Low
         exclusions = plan_exclusions(plan, {n: v[2] for n, v in io.items()}, recipe.fp32_parts)
         quantized, _ = _aeq(data, exclusions, samples, float_io=True,  # the plan's io_dtype: float32
                             progress=context.progress)
-        data = repair_signatures(data, quantized)
+        fp32, data = data, repair_signatures(data, quantized)
+        every = tuple(p for p in FP32_PARTS if p in _PART_SCOPES)  # every part the plan's scopes know
+        errors = TE.tensor_errors(fp32, data, samples, plan_exclusions(plan, {n: v[2] for n, v in io.items()}, every),
+                                  "calibration inputs per program")
     bad = custom_ops(data)
     if bad:
         raise UserError(f"litert: the converted graph has Flex/custom ops ({', '.join(sorted(set(bad)))}), "
@@ -350,7 +355,8 @@ def lower_hard(model: Any, examples: list[Any], context: LoweringContext) -> Low
         extra["litert"]["quantizer"] = {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai8",
                                         "calibration_tiles": int(len(context.calibration_tiles)),
                                         "fp32_parts": dict(exclusions)}
-    return LoweringResult({"model.tflite": data}, [forward_method(x, model, methods)], "XNNPACK", notes, extra=extra)
+    return LoweringResult({"model.tflite": data}, [forward_method(x, model, methods)], "XNNPACK", notes, extra=extra,
+                          side_files={TE.FILE: errors[1]} if errors else {}, tensor_errors=errors and errors[0])
 
 
 
@@ -453,14 +459,18 @@ class LiteRTTarget:
         methods: list[LoweredMethod] = []
         summaries: dict[str, dict[str, Any]] = {}
         calibration = None
+        errors: tuple[Any, bytes] | None = None
         for i, x in enumerate(examples):
             name = method_name(i, x)
             with torch.no_grad():
                 y = model(x)
-            data = convert_fp32(model, x)
+            data = fp32 = convert_fp32(model, x)
             if recipe.quantized:
                 data, calibration = quantize_aeq(data, context.calibration_tiles, exclusions, calibration,
                                                  progress=context.progress)
+                if i == 0:  # the card's tile: AEQ's per-tensor float-vs-int8 errors (converters/litert_tensor_errors.py)
+                    errors = TE.tensor_errors(fp32, data, TE.tile_samples(fp32, context.calibration_tiles),
+                                              fp32_regexes(model, FP32_PARTS), "calibration tiles")
             bad = custom_ops(data)
             if bad:
                 raise UserError(f"litert: the converted graph has Flex/custom ops ({', '.join(sorted(set(bad)))}), "
@@ -487,7 +497,8 @@ class LiteRTTarget:
             extra["quantizer"] = {"tool": "ai-edge-quantizer", "recipe": "static_wi8_ai8",
                                   "calibration_tiles": int(len(context.calibration_tiles)),
                                   "fp32_parts": dict(exclusions)}
-        return LoweringResult(files, methods, "XNNPACK", notes, extra={"litert": extra})
+        return LoweringResult(files, methods, "XNNPACK", notes, extra={"litert": extra},
+                              side_files={TE.FILE: errors[1]} if errors else {}, tensor_errors=errors and errors[0])
 
 
 __all__ = ["LiteRTTarget", "convert_fp32", "quantize_aeq", "fp32_regexes", "custom_ops", "op_summary", "method_file",

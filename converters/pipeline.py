@@ -222,7 +222,7 @@ class Conversion:
             ),
             methods=[MethodSpec(m.name, m.input_shape, m.output_shape) for m in low.methods],
             delegation=low.delegation_summary(), tools=tool_versions(), target_extra=dict(low.extra),
-            reference_outputs=self.reference[1] if self.reference else None,
+            reference_outputs=self.reference[1] if self.reference else None, tensor_errors=low.tensor_errors or None,
         )
 
     def write(self, out: str, force: bool) -> Path:

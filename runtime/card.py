@@ -29,7 +29,7 @@ from .files import atomic_write_json, file_sha256, path_digest
 
 CARD_FILE = "model.json"
 SCHEMA = "nsr-edge-model-card"
-VERSION = "2.1"  # 2.1 added reference_outputs, instruction_counts and the records' device
+VERSION = "2.2"  # 2.1 added reference_outputs, instruction_counts and the records' device; 2.2 tensor_errors
 MAJOR = 2
 SCHEMA_FILE = Path(__file__).with_name("model_card.schema.json")
 
@@ -203,6 +203,56 @@ class ReferenceOutputs:
 
 
 @dataclass
+class TensorError:
+    """One tensor of the float model compared with the same-named tensor of the quantized one."""
+
+    name: str = _f("the tensor's name in the ``.tflite`` (litert-torch writes the module path, ``;`` and an index)")
+    kind: str = _f("where the tensor sits", choices=("output", "intermediate", "constant", "input"))
+    quantized: bool = _f("stored as integers in the artifact (int8 activations and weights, int32 biases); false: "
+                         "float there, its error comes from int8 ops upstream")
+    mse: float = _f("mean squared difference, quantized vs float (the tensor's own units)")
+    op: str | None = _f("the op that produces it (for a constant: the first op that reads it)", None)
+    snr_db: float | None = _f("10*log10 of the validator's SNR (float tensor power / squared error, averaged over "
+                              "the samples); lower is worse; null: the float tensor is zero, the quantized one not",
+                              None)
+    part: str | None = _f("the recipe ``fp32_parts`` entry whose ``no_quantize`` rule covers the tensor's op (keep "
+                          "it float with ``--fp32-parts``); null: no part does (e.g. a bank conv)", None)
+
+
+@dataclass
+class SignatureTensorErrors:
+    tensors: int = _f("tensors compared (every tensor of the signature's subgraph present in both models)")
+    exact: int = _f("of those, identical in both models (error 0: not ranked)")
+    median_snr_db: float | None = _f("median ``snr_db`` of the ranked tensors", None)
+    worst_snr_db: float | None = _f("lowest ``snr_db``", None)
+    output_snr_db: float | None = _f("lowest ``snr_db`` of the signature's outputs", None)
+    worst_int8_snr_db: float | None = _f("lowest ``snr_db`` of the tensors stored as integers (``quantized``)", None)
+    int8_parts: dict[str, float | None] = _f("per ``fp32_parts`` entry that still covers integer tensors: their "
+                                             "lowest ``snr_db`` (adding the part to ``--fp32-parts`` keeps them "
+                                             "float)", factory=dict)
+    worst: list[TensorError] = _f("the lowest-SNR tensors, worst first (at most ``TensorErrorReport.top``)",
+                                  factory=list)
+
+
+@dataclass
+class TensorErrorReport:
+    """INT8 only (LiteRT): per-tensor error of the quantized model against its float model, from the quantizer's
+    own validation, on real calibration tiles. Errors are cumulative: a tensor's error includes what every int8 op
+    before it added."""
+
+    tool: str = _f("validator and version (``ai-edge-quantizer 0.10.0``)")
+    metric: str = _f("ranking metric of ``worst``", choices=("snr_db",))
+    samples: int = _f("inputs each signature was run on (per signature: its own calibration inputs)")
+    data: str = _f("where the samples came from, in words")
+    kernels: str = _f("kernels both models ran on (every intermediate tensor must be written)")
+    top: int = _f("most tensors listed per signature in ``worst``")
+    signatures: dict[str, SignatureTensorErrors] = _f("per signature (``serving_default`` for a single-graph "
+                                                      "model; one per program under hard dispatch)")
+    file: str | None = _f("JSON in the artifact folder with every ranked tensor, same fields as ``worst``", None)
+    sha256: str | None = _f("SHA-256 of ``file``", None)
+
+
+@dataclass
 class ValidationRecord:
     """One validation run (``nsr-edge validate --record``, the demo): the same shape whoever wrote it."""
 
@@ -293,6 +343,8 @@ class ModelCard:
                                                     readers="runtime")
     instruction_counts: list[InstructionCountRecord] = _f("ARM-emulation instruction counts, newest last (one per "
                                                           "method and CPU)", factory=list)
+    tensor_errors: TensorErrorReport | None = _f("INT8 LiteRT: per-tensor float-vs-quantized error (the worst "
+                                                 "tensors per signature)", None, readers="validate")
 
     # ---------------------------------------------------------------------------------------------- conveniences
     def to_dict(self) -> dict[str, Any]:
@@ -342,6 +394,10 @@ def _check(value: Any, tp: Any, path: str, errors: list[str]) -> None:
     if tp is Any:
         return
     if origin in (Union, types.UnionType):
+        alts = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is not None and len(alts) == 1 and is_dataclass(alts[0]):  # optional record: name the inner field
+            _check(value, alts[0], path, errors)
+            return
         for alt in typing.get_args(tp):
             trial: list[str] = []
             _check(value, alt, path, trial)
@@ -674,7 +730,8 @@ def field_reference() -> str:
     out = []
     for cls in (ModelCard, ModelInfo, Source, ArtifactInfo, IOSpec, TensorSpec, MethodSpec, Delegation,
                 MethodDelegation, FallbackInfo, Dispatch, DispatchStage, ValidationRecord, ProfileRecord,
-                InstructionCountRecord, DeviceInfo, ReferenceOutputs):
+                InstructionCountRecord, DeviceInfo, ReferenceOutputs, TensorErrorReport,
+                SignatureTensorErrors, TensorError):
         hints = _hints(cls)
         out.append(f"### `{cls.__name__}`\n")
         if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):
@@ -715,6 +772,6 @@ if __name__ == "__main__":
 
 __all__ = ["CARD_FILE", "SCHEMA", "VERSION", "MAJOR", "SCHEMA_FILE", "CardError", "Source", "ModelInfo",
            "ArtifactInfo", "TensorSpec", "IOSpec", "MethodSpec", "FallbackInfo", "MethodDelegation", "Delegation",
-           "DispatchStage", "Dispatch", "ValidationRecord", "ProfileRecord", "ModelCard", "parse_card",
+           "DispatchStage", "Dispatch", "TensorError", "SignatureTensorErrors", "TensorErrorReport", "ValidationRecord", "ProfileRecord", "ModelCard", "parse_card",
            "read_card_json", "load_card", "write_card", "portable", "now_utc", "record_validation", "record_profile",
            "artifact_path", "tile_spec", "method_name", "method_tile", "method_file", "method_for_tile", "json_schema", "field_reference", "file_sha256"]

@@ -305,5 +305,85 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------- INT8 per-tensor errors (from the card)
+
+
+def short_tensor_name(name: str) -> str:
+    """A litert-torch tensor name made readable: module attributes joined by dots, the innermost type, the op index
+    (``.../ResidualBlock_2/.../OutputMixingConv_2;1`` -> ``body.2.body.2 (OutputMixingConv);1``); the first of
+    several fused names; other names unchanged."""
+    first = name.split(";;")[0]
+    if "/" not in first:
+        return first
+    path, _, index = first.partition(";")
+    segments = [seg.rsplit(".", 1)[-1] for seg in path.split("/")]
+    attrs = [seg.partition("_")[2] for seg in segments[1:]]
+    kind = segments[-1].partition("_")[0]
+    return f"{'.'.join(attrs)} ({kind})" + (f";{index}" if index else ";")
+
+
+def _db(v: float | None) -> str:
+    return "-inf" if v is None else f"{v:.1f}"
+
+
+def _worst_rows(report: Any, rows: int) -> list[tuple[str, Any]]:
+    """(signature, TensorError) over every signature, lowest SNR first (no-signal tensors first)."""
+    allrows = [(sig, t) for sig, s in report.signatures.items() for t in s.worst]
+    allrows.sort(key=lambda st: (st[1].snr_db is not None, st[1].snr_db or 0.0))
+    return allrows[:rows]
+
+
+def format_tensor_errors(report: Any, rows: int = 10) -> str:
+    """The card's `TensorErrorReport` as a short table: a summary per signature (or over all of them when there are
+    many: hard dispatch), then the worst ``rows`` tensors."""
+    sigs = report.signatures
+    lines = [f"INT8 per-tensor error vs the float model ({report.tool} validate, {report.samples} {report.data}; "
+             "SNR in dB, float tensor power / squared error, lower is worse):"]
+    if len(sigs) <= 3:
+        for name, s in sigs.items():
+            lines.append(f"  {name}: {s.tensors} tensors ({s.exact} identical), median {_db(s.median_snr_db)} dB, "
+                         f"worst {_db(s.worst_snr_db)} dB, worst int8 {_db(s.worst_int8_snr_db)} dB, output "
+                         f"{_db(s.output_snr_db)} dB")
+    else:
+        outs = [(s.output_snr_db, n) for n, s in sigs.items() if s.output_snr_db is not None]
+        low = min(outs) if outs else (None, "-")
+        lines.append(f"  {len(sigs)} signatures, {sum(s.tensors for s in sigs.values())} tensors "
+                     f"({sum(s.exact for s in sigs.values())} identical); lowest output {_db(low[0])} dB ({low[1]})")
+    parts: dict[str, float | None] = {}
+    for s in sigs.values():
+        for part, v in s.int8_parts.items():
+            parts[part] = v if part not in parts else min((x for x in (parts[part], v) if x is not None), default=None)
+    if parts:
+        lines.append("  int8 tensors a --fp32-parts entry would keep float (worst SNR): " + ", ".join(
+            f"{p} {_db(v)} dB" for p, v in sorted(parts.items(), key=lambda pv: (pv[1] is not None, pv[1] or 0.0))))
+    worst = _worst_rows(report, rows)
+    if not worst:
+        lines.append("  every tensor is identical in both models")
+        return "\n".join(lines)
+    multi = len(sigs) > 1
+    head = f"  {'SNR dB':>7}  {'kind':<12}  {'op':<15}  {'int8':<4}  {'part':<8}  "
+    lines.append(head + ("signature: " if multi else "") + "tensor")
+    for sig, t in worst:
+        lines.append(f"  {_db(t.snr_db):>7}  {t.kind:<12}  {(t.op or '-'):<15}  {'yes' if t.quantized else 'no':<4}  "
+                     f"{(t.part or '-'):<8}  " + (f"{sig}: " if multi else "") + short_tensor_name(t.name))
+    if report.file:
+        lines.append(f"  (every tensor: {report.file}; part: the --fp32-parts entry that keeps the op float)")
+    return "\n".join(lines)
+
+
+def tensor_errors_line(report: Any) -> str:
+    """One line for the end of `convert`: the lowest output SNR and the worst tensor."""
+    outs = [s.output_snr_db for s in report.signatures.values() if s.output_snr_db is not None]
+    worst = _worst_rows(report, 1)
+    where = "no tensor differs"
+    if worst:
+        sig, t = worst[0]
+        where = (f"worst {_db(t.snr_db)} dB at {(sig + ': ') if len(report.signatures) > 1 else ''}"
+                 f"{short_tensor_name(t.name)} ({t.op or t.kind}, {'int8' if t.quantized else 'float'})")
+    return (f"int8 per-tensor error ({report.tool} validate, {report.samples} {report.data}): output SNR "
+            f"{_db(min(outs) if outs else None)} dB, {where}; `nsr-edge validate` lists the worst")
+
+
 __all__ = ["Tolerances", "NonFiniteOutput", "check_finite", "scores", "validate_images", "validate_artifact",
-           "validate_stored", "format_stored", "require_runtime", "RUNTIME_PACKAGES", "summarize", "validation_record", "check", "format_report"]
+           "validate_stored", "format_stored", "require_runtime", "RUNTIME_PACKAGES", "summarize", "validation_record", "check", "format_report",
+           "short_tensor_name", "format_tensor_errors", "tensor_errors_line"]

@@ -137,6 +137,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
               f"{f.op} x{f.count} ({f.reason})" for f in fwd.fallbacks)))
     for m in card.methods:
         print(f"  method {m.name}: {m.input_shape} -> {m.output_shape}")
+    if card.tensor_errors is not None:
+        from ..runtime.validate import tensor_errors_line
+
+        print("  " + tensor_errors_line(card.tensor_errors))
     if card.auto:
         print("  strategy auto: " + "; ".join(f"{c['strategy']} {c.get('median_ms', '-')} ms, drop "
                                                f"{c.get('drop_db', '-')} dB ({c['status']})" for c in card.auto["candidates"]))
@@ -211,6 +215,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report["passed"] = not fails
     device = local_device(card, args.threads)  # where it ran: this machine
     report["device"] = vars(device)
+    if card.tensor_errors is not None:  # INT8 LiteRT: from the card, written by convert (no runtime needed)
+        report["tensor_errors"] = card.to_dict()["tensor_errors"]
     if args.record:
         record_validation(args.artifact, with_device(V.validation_record(label, report["summary"], tol, not fails,
                                                                      card.runner), device))
@@ -225,6 +231,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             from ..etdevtools import format_per_layer
 
             print(format_per_layer(report["per_layer"]))
+        if card.tensor_errors is not None:
+            print(V.format_tensor_errors(card.tensor_errors))
     for f in fails:
         print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
     return 1 if fails else 0
