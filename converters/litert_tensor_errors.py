@@ -43,8 +43,8 @@ def tile_samples(fp32: bytes, tiles: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def _graph(data: bytes) -> dict[str, dict[str, Any]]:
-    """Signature -> {"producer": name -> (op, scope), "reader": name -> (op, scope), "dtype": name -> type} of its
-    subgraph, read from the flatbuffer (the interpreter's op details cover subgraph 0 only)."""
+    """Signature -> {"producer": name -> (op, scope), "reader": name -> [(op, scope), ...], "dtype": name -> type} of
+    its subgraph, read from the flatbuffer (the interpreter's op details cover subgraph 0 only)."""
     from ai_edge_litert import schema_py_generated as schema
 
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -58,7 +58,7 @@ def _graph(data: bytes) -> dict[str, dict[str, Any]]:
         sg = model.subgraphs[sig.subgraphIndex]
         names = [text(t.name) for t in sg.tensors]
         producer: dict[str, tuple[str, str]] = {}
-        reader: dict[str, tuple[str, str]] = {}
+        reader: dict[str, list[tuple[str, str]]] = {}
         for op in sg.operators or []:
             code = model.operatorCodes[op.opcodeIndex]
             kind = op_names.get(max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0)), "?")
@@ -68,18 +68,19 @@ def _graph(data: bytes) -> dict[str, dict[str, Any]]:
                 producer[n] = (kind, scope)
             for i in op.inputs:
                 if i >= 0:
-                    reader.setdefault(names[i], (kind, scope))
+                    reader.setdefault(names[i], []).append((kind, scope))
         out[text(sig.signatureKey)] = {"producer": producer, "reader": reader,
                                        "dtype": {n: int(t.type) for n, t in zip(names, sg.tensors)}}
     return out
 
 
-def _part(scope: str | None, parts: dict[str, str]) -> str | None:
+def _part(scopes: list[str], parts: dict[str, str]) -> str | None:
+    """The part whose regex matches the op scope(s); for a constant read by several ops (the converter shares equal
+    constants), only when every reader is in that same part."""
     import re
 
-    if scope is None:
-        return None
-    return next((p for p, rx in parts.items() if re.search(rx, scope)), None)
+    found = {next((p for p, rx in parts.items() if re.search(rx, scope)), None) for scope in scopes}
+    return found.pop() if len(found) == 1 else None
 
 
 def _db(snr: float) -> float | None:
@@ -115,9 +116,13 @@ def tensor_errors(fp32: bytes, quantized: bytes, samples: dict[str, list[dict[st
                 if v["mse"] == 0.0:
                     exact += 1
                     continue
-                op, scope = (gf["reader"] if kind == "constant" else gf["producer"]).get(name, (None, None))
+                if kind == "constant":
+                    ops = gf["reader"].get(name, [])
+                else:
+                    ops = [gf["producer"][name]] if name in gf["producer"] else []
                 rows.append(TensorError(name=name, kind=kind, quantized=gq["dtype"].get(name) != gf["dtype"].get(name),
-                                        mse=float(v["mse"]), op=op, snr_db=_db(v["snr"]), part=_part(scope, parts)))
+                                        mse=float(v["mse"]), op=ops[0][0] if ops else None, snr_db=_db(v["snr"]),
+                                        part=_part([scope for _, scope in ops], parts)))
         rows.sort(key=lambda t: (t.snr_db is not None, t.snr_db or 0.0, t.name))  # no-signal first, then lowest SNR
         ranked = [t.snr_db for t in rows if t.snr_db is not None]
         outs = [t.snr_db for t in rows if t.kind == "output" and t.snr_db is not None]
