@@ -35,8 +35,8 @@ from nsr_edge.errors import UserError
 from nsr_edge.runtime.runners.litert_runner import interpreter_class, method_file  # one naming rule for both sides
 
 from . import litert_tensor_errors as TE
-from .base import (FP32_PARTS, HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext, LoweringResult,
-                   Recipe, method_name, register_target, require_modules)
+from .base import (FP32_PARTS, HARD_DISPATCH_REQUIREMENTS, Capabilities, Fallback, LoweredMethod, LoweringContext,
+                   LoweringResult, Recipe, method_name, register_target, require_modules)
 
 @contextmanager
 def _quiet_progress(show: bool) -> Iterator[None]:

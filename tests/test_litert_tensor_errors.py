@@ -71,7 +71,8 @@ def test_the_card_records_finite_errors_and_the_full_list(art):
     # the default recipe keeps all but the bank convs float: the int8 convs are the banks, which no part covers
     convs = [t for t in full if t["op"] == "CONV_2D" and t["kind"] == "intermediate"]
     assert {t["part"] for t in convs if t["quantized"]} == {None}
-    assert {t["part"] for t in convs if not t["quantized"]} <= set(FP32_PARTS) and any(not t["quantized"] for t in convs)
+    floats = {t["part"] for t in convs if not t["quantized"]}
+    assert floats and floats <= set(FP32_PARTS)
     assert sig["int8_parts"] == {} and sig["worst_int8_snr_db"] == min(t["snr_db"] for t in full if t["quantized"])
 
 
@@ -146,10 +147,11 @@ def _output_mse(fp32: bytes, quantized: bytes, tiles) -> float:
 
     outs = []
     for data in (fp32, quantized):
-        it = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it = Interpreter(model_content=data,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         run = it.get_signature_runner()
         outs.append([next(iter(run(args_0=t[None]).values())) for t in tiles])
-    return float(np.mean([np.mean((q.astype(np.float64) - f) ** 2) for f, q in zip(*outs)]))
+    return float(np.mean([np.mean((q.astype(np.float64) - f) ** 2) for f, q in zip(*outs, strict=True)]))
 
 
 def test_output_error_equals_an_independent_computation(graphs):
