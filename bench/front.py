@@ -60,8 +60,8 @@ class Point:
 
 
 # Training order = priority (the equal-MACs dense model and the NSR models first; the outer dense widths after).
-POINTS = [Point("dense_c16", 16, 1), Point("nsr_k4", 16, 4), Point("dense_c8", 8, 1), Point("nsr_k16", 16, 16),
-          Point("dense_c24", 24, 1), Point("nsr_k8", 16, 8), Point("dense_c12", 12, 1)]
+POINTS = [Point("dense_c16", 16, 1), Point("nsr_k4", 16, 4), Point("dense_c24", 24, 1), Point("nsr_k16", 16, 16),
+          Point("dense_c8", 8, 1), Point("nsr_k8", 16, 8), Point("dense_c12", 12, 1)]
 
 
 def point(name: str) -> Point:
@@ -72,8 +72,8 @@ def point(name: str) -> Point:
 
 
 def _arch(p: Point) -> list[str]:
-    if p.nsr:
-        return ["--model", "wdsr_nsr", "--channels", str(p.width), "--groups", str(p.banks)]
+    if p.nsr:  # d=1: one bank per tile and layer (what hard dispatch runs; wdsr_nsr's default d is 16)
+        return ["--model", "wdsr_nsr", "--channels", str(p.width), "--groups", str(p.banks), "--cardinality", "1"]
     return ["--model", "wdsr", "--channels", str(p.width)]
 
 
@@ -160,6 +160,20 @@ def train_point(p: Point) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {p.name}: done", flush=True)
 
 
+def busy(p: Point) -> bool:
+    """Whether another process is training ``p`` now (holds its lock)."""
+    path = RUNS / p.name / ".lock"
+    if not path.is_file():
+        return False
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def final_checkpoint(p: Point) -> Path:
     return RUNS / p.name / p.phases[-1] / "model.pt"
 
@@ -183,8 +197,14 @@ def cmd_train(args) -> int:
                     failed.append(p.name)
                     print(f"front: {p.name} failed (rc {proc.returncode})", flush=True)
         load = os.getloadavg()[0]
-        if todo and (not running or (len(running) < args.jobs and load < args.max_load)):
-            p = todo.pop(0)
+        elsewhere = [p for p in todo if busy(p)]  # trained by another `train` (an earlier one): counted as running
+        n_running = len(running) + len(elsewhere)
+        ready = [p for p in todo if p not in elsewhere]
+        if not ready and not running:
+            break  # only runs of other processes are left
+        if ready and (n_running == 0 or (n_running < args.jobs and load < args.max_load)):
+            p = ready[0]
+            todo.remove(p)
             proc = subprocess.Popen([sys.executable, __file__, "_train_one", p.name], cwd=ROOT)
             running.append((p, proc))
             time.sleep(60)  # let the load average see the new job before deciding on another
