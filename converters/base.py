@@ -36,9 +36,11 @@ if TYPE_CHECKING:  # torch is imported by the targets and the pipeline, never ne
 
 # ------------------------------------------------------------------------------------------------------------ recipes
 
-FP32_PARTS = ("routing", "first", "last", "skip", "output", "residual")
+FP32_PARTS = ("routing", "heads", "first", "last", "skip", "output", "residual")
 """Parts of a network a recipe may keep in float while the rest is quantized (`Recipe.fp32_parts`):
-``routing``: every routing head (pool -> conv -> softmax) and the gate multiply of output mixing; ``first``: the head
+``routing``: every routing head (pool -> conv -> softmax) and the gate multiply of output mixing; ``heads``: the
+routing heads only (the gate multiply, bank slices and bank sums of output mixing are then int8, XNNPACK's int8
+multiply/add; docs/int8_breakdown.md); ``first``: the head
 conv (body.0, sees the -0.5-shifted image); ``last``: the tail conv (body.N+1, produces the residual before
 PixelShuffle); ``skip``: the 5x5 skip conv (the low-frequency path of the +0.5 output); ``output``: the network's own
 ops outside any layer (the -0.5 input shift, the body + skip add, the +0.5 output add): quantized, the output image
@@ -117,6 +119,11 @@ RECIPES: dict[str, Recipe] = {
                            "residual adds in float"),
         Recipe("int8-qat", "int8", "int8", "qat", fp32_parts=_INT8_KEEP, qat_patch=32,
                description="int8-ptq's calibration, then quantization-aware fine-tuning on the training set"),
+        # int8 output mixing (docs/int8_breakdown.md): the float mixing of int8-ptq (dequantize each bank conv, float
+        # gate multiply, float slices and adds, quantize again) was over a third of its traced ExecuTorch INT8 time
+        Recipe("int8-ptq-mix", "int8", "int8", "ptq", fp32_parts=("heads",) + _INT8_KEEP[1:],
+               description="int8-ptq with the gate multiply and bank sums of output mixing in int8 (routing heads, "
+                           "image-side convs, output stage and residual adds still float)"),
         # Core ML recipes (converters/coreml.py): fp16 compute, int8 weights only, int8 weights + activations.
         Recipe("fp16", "fp16", "fp16", description="float16 weights and compute (Core ML's Neural Engine/GPU precision)"),
         Recipe("w8", "int8", "fp16", "ptq", fp32_parts=("routing",),

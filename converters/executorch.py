@@ -65,8 +65,8 @@ def export_methods(model: Any, examples: list[Any]) -> tuple[dict[str, Any], dic
 class ExecuTorchTarget:
     name = "executorch"
     capabilities = Capabilities(
-        artifact="model.pte", runner="executorch", recipes=("fp32", "int8-ptq", "int8-qat"),
-        calibrated_recipes=("int8-ptq", "int8-qat"),
+        artifact="model.pte", runner="executorch", recipes=("fp32", "int8-ptq", "int8-qat", "int8-ptq-mix"),
+        calibrated_recipes=("int8-ptq", "int8-qat", "int8-ptq-mix"),
         requirements=HARD_DISPATCH_REQUIREMENTS,  # --strategy hard: routing inside the program (control_flow.py)
     )
 

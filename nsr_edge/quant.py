@@ -53,8 +53,9 @@ def node_filter(model: nn.Module, fp32_parts: tuple[str, ...]) -> Callable[[torc
 
     Decided from each node's ``nn_module_stack`` (kept by torch.export): ``routing`` excludes RoutingHead modules and
     the gate multiply/sum of output mixing (nodes owned directly by a DeploySparseConv), so the k bank outputs meet
-    float gates; ``first``/``last``/``skip`` exclude those convs by module name; ``output`` excludes the nodes owned by
-    the root module itself (input shift, body + skip add, +0.5 output add); ``residual`` excludes the add owned by
+    float gates; ``heads`` excludes the RoutingHead modules only (the mixing is then quantized);
+    ``first``/``last``/``skip`` exclude those convs by module name; ``output`` excludes the nodes owned by the root
+    module itself (input shift, body + skip add, +0.5 output add); ``residual`` excludes the add owned by
     each residual block (its identity path).
     """
     from .deploy import DeploySparseConv, RoutingHead
@@ -63,6 +64,7 @@ def node_filter(model: nn.Module, fp32_parts: tuple[str, ...]) -> Callable[[torc
     names = part_names(model)
     prefixes = tuple(names[p] for p in fp32_parts if p in names)
     routing = "routing" in fp32_parts
+    heads = routing or "heads" in fp32_parts
     output = "output" in fp32_parts
     residual = "residual" in fp32_parts
     block_type = f"{ResidualBlock.__module__}.{ResidualBlock.__qualname__}"
@@ -79,8 +81,10 @@ def node_filter(model: nn.Module, fp32_parts: tuple[str, ...]) -> Callable[[torc
             return False
         if residual and types[-1] == block_type and "add" in str(node.target):  # the block's identity add
             return False
+        if heads and head_type in types:
+            return False
         # innermost module a DeploySparseConv itself: the gate matmul, the multiply and the sum over banks
-        if routing and (head_type in types or types[-1] in conv_types):
+        if routing and types[-1] in conv_types:
             return False
         return not any(f == p or f.startswith(p + ".") for f in fqns for p in prefixes)
 
