@@ -49,6 +49,9 @@ def variants(st: str | None, shared: str) -> list[tuple[str, dict]]:
             (f"NSR hard in-program/block {q}", dict(model=shared, target="executorch", recipe=recipe,
                                                     strategy="hard")),
         ]
+        if recipe != "fp32":  # the gate multiply and bank sums of output mixing in int8 (docs/int8_breakdown.md)
+            out.append(("NSR soft output-mix mix-int8 INT8", dict(model="nsr_sr_x2", target="executorch",
+                                                                  recipe="int8-ptq-mix")))
         if st:
             out.append((f"NSR hard dispatch/layer {q}", dict(model=st, target="executorch-dispatch", recipe=recipe,
                                                              strategy="hard")))
@@ -61,6 +64,31 @@ def variants(st: str | None, shared: str) -> list[tuple[str, dict]]:
         ("NSR hard top-1 kernel gather FP32 ORT", dict(model=shared, target="onnxruntime", strategy="hard")),
     ]
     return out
+
+
+def own_autogroup(nice: int = -20) -> None:
+    """Put this process (and the runner processes it starts) in a new session, hence a new scheduler autogroup, at
+    autogroup nice ``nice``. With autogroups (Linux's default for desktop/VM kernels) a nice-19 job of another
+    session gets the same CPU share as a timing run; bench/quiet_run.sh pauses training but not the other sessions'
+    conversions and tests. Only this process's own group changes; nothing of anyone else's is touched."""
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a session leader: its group is ours alone anyway
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as e:
+        print(f"own-autogroup: could not set autogroup nice ({e}); timing in the shared group", file=sys.stderr)
+
+
+def sched_note() -> str:
+    """How the timed processes were scheduled against other sessions' jobs (the kernel's autogroups: a nice-19 job
+    of another session competes as an equal unless the timing session's own autogroup is raised)."""
+    try:
+        group = Path("/proc/self/autogroup").read_text().split()
+    except OSError:
+        return ""
+    return f" (timed processes in their own scheduler autogroup at nice {group[-1]})" if len(group) == 3 else ""
 
 
 def baseline(name: str, kind: str) -> str:
@@ -85,7 +113,12 @@ def main() -> int:
     ap.add_argument("--runs-per-round", type=int, default=4)
     ap.add_argument("--psnr-limit", type=int, default=None, help="first N Set5 images (default all 5)")
     ap.add_argument("--skip-psnr", action="store_true")
+    ap.add_argument("--psnr-only", action="store_true",
+                    help="convert and validate (cached per artifact in bench_psnr.json), no timing: run this outside "
+                         "bench/quiet_run.sh, then the timing run inside it reads the cache")
     ap.add_argument("--convert-only", action="store_true")
+    ap.add_argument("--own-autogroup", action="store_true",
+                    help="time in a new scheduler autogroup at nice -20 (other sessions' nice-19 jobs then yield)")
     ap.add_argument("--only", nargs="*", help="substrings of variant names")
     ap.add_argument("--out", default=str(ROOT / "docs/dispatch_bench.md"))
     args = ap.parse_args()
@@ -105,11 +138,13 @@ def main() -> int:
         folders[name] = folder
     if args.convert_only:
         return 0
+    if args.own_autogroup and not args.psnr_only:
+        own_autogroup()
 
     # ---------------------------------------------------------------- latency: interleaved rounds, one process each
-    lat, load_before, load_after = time_interleaved(folders, args.rounds, args.runs_per_round)
-
-    (work / "latency.json").write_text(json.dumps({"latency": lat, "load": [load_before, load_after]}, indent=1))
+    if not args.psnr_only:
+        lat, load_before, load_after = time_interleaved(folders, args.rounds, args.runs_per_round)
+        (work / "latency.json").write_text(json.dumps({"latency": lat, "load": [load_before, load_after]}, indent=1))
 
     # ---------------------------------------------------------------- accuracy: each set through the deploy tiling
     psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
@@ -121,16 +156,24 @@ def main() -> int:
 
         for name, folder in folders.items():
             card = load_card(folder)
-            sets = {d: task_images(card.task, d, limit=args.psnr_limit)[1] for d in args.sets}
-            reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card), progress=False)
-            psnr[name] = {}
-            for dataset, rep in reports.items():
-                s = rep["summary"]
-                psnr[name][dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"]}
-                if card.model.id == "nsr_sr_x2":
-                    soft_fp32[dataset] = s["psnr_y_fp32"]
+            cache = folder / "bench_psnr.json"  # accuracy does not change between runs: validate once
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+            todo = [d for d in args.sets if d not in cached or cached[d].get("limit") != args.psnr_limit]
+            if todo:
+                sets = {d: task_images(card.task, d, limit=args.psnr_limit)[1] for d in todo}
+                reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card), progress=False)
+                for dataset, rep in reports.items():
+                    s = rep["summary"]
+                    cached[dataset] = {"psnr_y": s["psnr_y"], "fp32_model": s["psnr_y_fp32"], "limit": args.psnr_limit}
+                cache.write_text(json.dumps(cached, indent=1) + "\n")
+            psnr[name] = {d: cached[d] for d in args.sets}
+            if card.model.id == "nsr_sr_x2":
+                soft_fp32.update({d: cached[d]["fp32_model"] for d in args.sets})
             print(f"{name}: " + ", ".join(f"{d} {v['psnr_y']:.3f} (FP32 model {v['fp32_model']:.3f})"
                                           for d, v in psnr[name].items()), file=sys.stderr, flush=True)
+
+    if args.psnr_only:
+        return 0
 
     # ---------------------------------------------------------------- report
     def ratio(a: str, b: str, key: str = "min_ms") -> str:
@@ -142,7 +185,7 @@ def main() -> int:
         f"Produced by `bench/dispatch.py {shlex.join(sys.argv[1:])}` on {platform.machine()} "
         f"({os.cpu_count()} cores), Python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds. "
+        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds{sched_note()}. "
         f"{args.rounds} interleaved rounds x {args.runs_per_round} runs per variant, one child process per artifact, "
         f"one {args.tile} px tile per run (dispatch: the whole host orchestration). Speed-ups are eqP (or eqM) time / "
         "variant time, by the min over all runs (the uncontended cost on a shared machine); medians are listed.",
