@@ -79,6 +79,8 @@ def fp32_regexes(model: Any, fp32_parts: tuple[str, ...]) -> dict[str, str]:
     for part in fp32_parts:
         if part == "routing":  # the routing heads, and the gate matmul/multiply/sum owned by the mixing conv itself
             out[part] = r"RoutingHead_head|deploy\.\w+Conv_\d+;"
+        elif part == "heads":  # the routing heads only: the gate multiply and bank sums of output mixing are int8
+            out[part] = r"RoutingHead_head"
         elif part == "output":  # ops of the network's own forward (input shift, body + skip, +0.5) and the output
             out[part] = r"^[^/;]+;|^[^/;]+/[^/;]*_shuf/|^serving_default_output"
         elif part == "residual":  # the identity add of each residual block

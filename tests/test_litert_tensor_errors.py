@@ -191,3 +191,17 @@ def test_int8_tensors_are_attributed_to_the_parts_that_would_keep_them_float(gra
         assert worst == min(t["snr_db"] for t in full if t["quantized"] and t["part"] == part)
     good, _ = TE.tensor_errors(graphs["fp32"], graphs["good"], samples, graphs["parts"], "test tiles")
     assert good.signatures["serving_default"].int8_parts == {}
+
+
+def test_heads_part_keeps_only_the_routing_heads_float(graphs):
+    """`heads` (the int8-ptq-mix recipe's part) names the routing heads' tensors only: a strict subset of `routing`,
+    which also keeps the gate multiply and bank sums of output mixing float."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [t["name"] for t in Interpreter(model_content=graphs["fp32"]).get_tensor_details()]
+    heads, routing = (re.compile(graphs["parts"][p]) for p in ("heads", "routing"))
+    in_heads = {n for n in names if heads.search(n)}
+    in_routing = {n for n in names if routing.search(n)}
+    assert in_heads and in_heads < in_routing, (sorted(in_heads)[:5], sorted(in_routing - in_heads)[:5])
