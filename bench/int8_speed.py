@@ -1,6 +1,9 @@
 """INT8 vs FP32 speed of two ExecuTorch artifacts on a loaded machine: both programs in ONE process, runs alternated.
 
-    .venv/bin/python bench/int8_speed.py FP32_DIR INT8_DIR [--pairs 300] [--threads 1] [--json out.json]
+    bench/quiet_run.sh .venv/bin/python bench/int8_speed.py FP32_DIR INT8_DIR [--pairs 300] [--threads 1] \
+        [--json out.json] [--own-autogroup]
+
+The per-variant breakdown (several INT8 recipes, Y-PSNR, per-op groups) is bench/int8_breakdown.py.
 
 Background load slows whichever run it lands on; alternating FP32 and INT8 runs of the same tile in one process
 exposes both to the same load, so the ratio of medians, the ratio of minima (the least disturbed runs) and the median
@@ -37,7 +40,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--own-autogroup", action="store_true",
+                    help="time in a new scheduler autogroup at nice -20 (bench/dispatch.py own_autogroup)")
     args = ap.parse_args()
+    if args.own_autogroup:
+        from bench.dispatch import own_autogroup
+
+        own_autogroup()
     cards = {k: load_card(d) for k, d in (("fp32", args.fp32), ("int8", args.int8))}
     paths = {k: str(artifact_path(d, cards[k])) for k, d in (("fp32", args.fp32), ("int8", args.int8))}
     # a native abort here would end this process: the INT8 program is first run once in a child, as a probe
