@@ -96,17 +96,31 @@ def per_op(etdump: str, etrecord: Path) -> dict[str, Any]:
             "execute_ms": {"min": float(np.min(execute)), "median": float(np.median(execute))} if execute else None}
 
 
-def traced(folder: Path, runs: int) -> dict[str, Any]:
+def traced(folders: dict[str, Path], runs: int, rounds: int = 5) -> dict[str, dict[str, Any]]:
+    """ETDump of every artifact, all traced in ONE interleaved run (like the wall times: one child per artifact,
+    ``runs`` split over ``rounds`` rounds, order reversed every other round), so a burst of load hits all alike."""
     from nsr_edge.runtime.runners.child import RunnerProcess
 
-    card = load_card(folder)
-    x = np.random.default_rng(0).random(card.methods[0].input_shape, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        etdump = str(Path(tmp) / "run.etdp")
-        with RunnerProcess("executorch", str(artifact_path(folder, card)), "forward", 1, etdump=etdump) as p:
-            p.time(x, runs, 3)
-            p.write_etdump()
-        return per_op(etdump, folder / "etrecord.bin")
+        procs: dict[str, Any] = {}
+        try:
+            for n, f in folders.items():
+                card = load_card(f)
+                procs[n] = RunnerProcess("executorch", str(artifact_path(f, card)), "forward", 1,
+                                         etdump=str(Path(tmp) / f"{f.name}.etdp"))
+            x = {n: np.random.default_rng(0).random(p.input_shape, dtype=np.float32) for n, p in procs.items()}
+            for n, p in procs.items():
+                p.time(x[n], 0, 3)
+            per_round = max(1, runs // rounds)
+            for r in range(rounds):
+                for n in (list(procs) if r % 2 == 0 else list(reversed(procs))):
+                    procs[n].time(x[n], per_round, 0)
+            for p in procs.values():
+                p.write_etdump()
+        finally:
+            for p in procs.values():
+                p.close()
+        return {n: per_op(str(Path(tmp) / f"{f.name}.etdp"), f / "etrecord.bin") for n, f in folders.items()}
 
 
 def cached_psnr(folder: Path) -> dict[str, dict[str, float]]:
@@ -177,7 +191,7 @@ def main() -> int:
     from nsr_edge.runtime.profile import time_interleaved
 
     lat, load0, load1 = time_interleaved(folders, args.rounds, args.runs_per_round)
-    ops = {n: traced(f, args.traced) for n, f in folders.items()}
+    ops = traced(folders, args.traced)
     load2 = os.getloadavg()
     results = {"latency": lat, "ops": ops, "psnr": acc, "load": [load0, load1, load2],
                "folders": {n: str(f) for n, f in folders.items()}}
@@ -201,8 +215,8 @@ def report(args, folders, lat, ops, acc, loads) -> str:
         f"Load average (1 min) {loads[0][0]:.2f} before / {loads[1][0]:.2f} after the interleaved rounds / "
         f"{loads[2][0]:.2f} after the traced runs{sched_note()}. Wall: {args.rounds} interleaved rounds x {args.runs_per_round} "
         "runs per artifact, one child process each; the ratio uses the min (the least disturbed run on a shared "
-        f"machine). ETDump: {args.traced} traced runs per artifact; per op instance the min (and median) over the "
-        "runs, summed.", "",
+        f"machine). ETDump: {args.traced} traced runs per artifact, interleaved in 5 rounds like the wall times; per op "
+        "instance the min (and median) over the runs, summed.", "",
         "## Variants: speed and accuracy", "",
         "| variant | recipe / float parts | wall min ms | wall median ms | FP32/variant (min) | traced ms (min) | "
         "FP32/variant traced | " + " | ".join(f"{d} Y-PSNR | drop dB" for d in args.sets) + " |",
