@@ -168,8 +168,9 @@ def to_mlmodel(source: Any, spec: PackageSpec) -> Any:
 def float_ops_to_keep(mlmodel: Any, parts: Sequence[str] = ("routing",), blocks: int | None = None) -> list[str]:
     """Names of the ops an int8 recipe leaves float, by the recipe's ``fp32_parts`` (converters/base.py):
     ``routing``: routing-head convs (1x1 on the pooled tile) and the gate-expansion matmul (``linear``) of output
-    mixing; ``first`` / ``last`` / ``skip``: the convs of ``body.0`` / ``body.{blocks+1}`` / ``skip.0``. Found from
-    the weights' names, which export (``p_body_0_weight``) and trace (``body_0_weight``) both keep."""
+    mixing; ``heads``: the routing-head convs only; ``first`` / ``last`` / ``skip``: the convs of ``body.0`` /
+    ``body.{blocks+1}`` / ``skip.0``. Found from the weights' names, which export (``p_body_0_weight``) and trace
+    (``body_0_weight``) both keep."""
     import re
 
     patterns = []
@@ -182,7 +183,9 @@ def float_ops_to_keep(mlmodel: Any, parts: Sequence[str] = ("routing",), blocks:
     keep = []
     for fn in mlmodel._mil_program.functions.values():
         for op in fn.operations:
-            if "routing" in parts and (op.op_type == "linear" or op.op_type == "conv" and "head" in op.weight.name) or op.op_type == "conv" and any(re.search(p, op.weight.name) for p in patterns):
+            head_conv = op.op_type == "conv" and "head" in op.weight.name
+            if ("routing" in parts and (op.op_type == "linear" or head_conv) or "heads" in parts and head_conv
+                    or op.op_type == "conv" and any(re.search(p, op.weight.name) for p in patterns)):
                 keep.append(op.name)
     return keep
 

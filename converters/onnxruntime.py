@@ -129,6 +129,7 @@ def part_nodes(graph: Any, model: Any, fp32_parts: tuple[str, ...]) -> dict[str,
     """Part -> names of the nodes it owns, decided like `nsr_edge.quant.node_filter` on ExecuTorch but from the ONNX
     nodes' metadata: ``routing``: nodes inside a RoutingHead and nodes owned directly by a sparse conv (the gate
     matmul, multiply, slices and sum over the banks; the mixing matmul and computed-weight conv of kernel-mix);
+    ``heads``: nodes inside a RoutingHead only;
     ``first``/``last``/``skip``: nodes under those modules' paths; ``output``: nodes of the network's own forward
     (input shift, body + skip add, +0.5); ``residual``: the Add owned by each residual block (the identity path).
     Raises RuntimeError when the graph carries no module metadata (another exporter): the parts cannot be mapped."""
@@ -152,6 +153,8 @@ def part_nodes(graph: Any, model: Any, fp32_parts: tuple[str, ...]) -> dict[str,
         for part in fp32_parts:
             if part == "routing":
                 hit = head in classes or (bool(classes) and classes[-1] in convs)
+            elif part == "heads":  # the routing heads only: the gate multiply and bank sums are quantized
+                hit = head in classes
             elif part == "output":
                 hit = len(classes) == 1
             elif part == "residual":

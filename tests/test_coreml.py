@@ -113,7 +113,10 @@ def test_w8_weights_are_int8_per_bank_row_and_routing_stays_float(tmp_path):
         assert int(ev.constant_input(op, "axis")) == 0
     assert not any("head" in op.name for op in quantized)  # routing heads stay float
     spec = PackageSpec(((1, 3, TILE, TILE),))
-    assert len(float_ops_to_keep(to_mlmodel(export_for_coreml(deploy_for_coreml(model), spec), spec))) >= 4
+    mlmodel = to_mlmodel(export_for_coreml(deploy_for_coreml(model), spec), spec)
+    routing, heads = (set(float_ops_to_keep(mlmodel, parts)) for parts in (("routing",), ("heads",)))
+    assert len(routing) >= 4
+    assert heads and heads < routing  # `heads`: the head convs only, not the gate-expansion matmuls
     x = torch.rand(1, 3, TILE, TILE)
     with torch.no_grad():
         ref = model(x).numpy()

@@ -211,3 +211,17 @@ def test_artifacts_hold_no_path_of_the_converting_machine(arts):
 
     data = (arts["output-mix"] / "model.onnx").read_bytes()
     assert os.getcwd().encode() not in data and b".venv" not in data and b"stack_trace" not in data
+
+
+def test_heads_part_is_the_routing_heads_only(arts):
+    """`heads` (the int8-ptq-mix recipe's part) owns the RoutingHead nodes and nothing else: a strict subset of
+    `routing`, which also owns the gate multiply and bank sums of output mixing."""
+    import onnx
+
+    from nsr_edge.converters.onnxruntime import export_onnx, part_nodes
+
+    model = to_deploy(arts["models"]["soft"], "output-mix").eval()
+    graph = onnx.load_from_string(export_onnx(model, torch.from_numpy(real_tiles(1)))).graph
+    parts = part_nodes(graph, model, ("heads", "routing"))
+    heads, routing = set(parts["heads"]), set(parts["routing"])
+    assert heads and heads < routing, (sorted(heads)[:5], sorted(routing - heads)[:5])

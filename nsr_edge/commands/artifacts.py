@@ -37,8 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-dir", help="root of the data sets (default $NSR_EDGE_DATA or ../shared/data)")
     g.add_argument("--qat-steps", type=NON_NEGATIVE, help="int8-qat fine-tuning steps (recipe default 500)")
     g.add_argument("--qat-dir", help="where int8-qat keeps its resumable state (default .nsr-edge-qat/)")
-    g.add_argument("--fp32-parts", help="comma list of parts kept in float: routing, first, last, skip, output, "
-                   "residual ('' for none; default: all of them, see docs/deploy.md)")
+    g.add_argument("--fp32-parts", help="comma list of parts kept in float: routing, heads, first, last, skip, "
+                   "output, residual ('' for none; default: the recipe's, see docs/deploy.md)")
     g = p.add_argument_group("--strategy auto")
     g.add_argument("--auto-max-drop-db", type=NON_NEGATIVE_FLOAT, default=0.05,
                    help="accuracy tolerance: Y-PSNR drop vs the FP32 model on the check set (default 0.05)")
