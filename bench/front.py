@@ -37,8 +37,8 @@ BUDGET_CPU_S = 240.0
 # beat ST-from-scratch + load balance in the field notes' prototype, and ST + shared routing + load balance 0.01 is the
 # recipe that reached soft quality on the zoo model (docs/hard_routing_x2.md). Split of the budget: soft / ST.
 SOFT_SHARE = 2 / 3
-COMMON = ["--task", "sr", "--scale", "2", "--image-channels", "3", "--blocks", "6", "--width-multiplier", "2.0",
-          "--batch-size", "16", "--patch-size", "32", "--threads", "1", "--checkpoint-every", "250", "--seed", "0"]
+ARCH = ["--task", "sr", "--scale", "2", "--image-channels", "3", "--blocks", "6", "--width-multiplier", "2.0"]
+COMMON = ["--batch-size", "16", "--patch-size", "32", "--threads", "1", "--checkpoint-every", "250", "--seed", "0"]
 ST_OPTIONS = ["--routing", "straight_through", "--shared-routing", "--sparsity", '{"load_balance": 0.01}',
               "--lr", "2e-4"]
 CALIB_STEPS = 30
@@ -82,7 +82,7 @@ def _phase_cmd(p: Point, phase: str, out: Path, steps: int) -> list[str]:
     if phase == "st":
         # Fine-tune of the soft phase's weights; --init-from carries the architecture.
         return cmd + ["--init-from", str(RUNS / p.name / "soft" / "model.pt"), *ST_OPTIONS]
-    return cmd + _arch(p)
+    return cmd + ARCH + _arch(p)
 
 
 def _json(path: Path) -> dict:
@@ -109,7 +109,7 @@ def _calibrate(p: Point, phase: str) -> float:
         cmd = _phase_cmd(p, phase, out, CALIB_STEPS)
         if phase == "st":  # same options, no --init-from
             i = cmd.index("--init-from")
-            cmd = cmd[:i] + cmd[i + 2:] + _arch(p)
+            cmd = cmd[:i] + cmd[i + 2:] + ARCH + _arch(p)
         if out.exists():
             cmd.append("--resume")
         subprocess.run(["nice", "-n", "19", *cmd], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -262,14 +262,21 @@ def cmd_eval(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ conversion
+# NSR hard in one program (torch.cond, `--target executorch --strategy hard`) as well as by dispatch: off unless
+# NSR_FRONT_IN_PROGRAM=1 (one more INT8 conversion per NSR model; it did not fit this session's CPU time).
+IN_PROGRAM = os.environ.get("NSR_FRONT_IN_PROGRAM") == "1"
+
+
 def variants(p: Point) -> dict[str, dict]:
     """Artifact name -> ConvertOptions fields: one ExecuTorch INT8 program for dense; NSR hard by host dispatch (one
-    program per bank and block) and in one program (torch.cond)."""
+    program per bank and block) and, with IN_PROGRAM, in one program (torch.cond)."""
     model = str(final_checkpoint(p))
     if not p.nsr:
         return {"et_int8": dict(model=model, target="executorch", recipe="int8-ptq")}
-    return {"dispatch_int8": dict(model=model, target="executorch-dispatch", recipe="int8-ptq", strategy="hard"),
-            "inprogram_int8": dict(model=model, target="executorch", recipe="int8-ptq", strategy="hard")}
+    out = {"dispatch_int8": dict(model=model, target="executorch-dispatch", recipe="int8-ptq", strategy="hard")}
+    if IN_PROGRAM:
+        out["inprogram_int8"] = dict(model=model, target="executorch", recipe="int8-ptq", strategy="hard")
+    return out
 
 
 def artifacts() -> dict[str, Path]:
@@ -291,7 +298,9 @@ def cmd_convert(args) -> int:
     from nsr_edge.runtime.card import load_card
     from nsr_edge.runtime.evaluation import task_images
     from nsr_edge.runtime.validate import validate_artifact
+    import torch
 
+    torch.set_num_threads(1)
     for p in trained(args.only):
         for v, opts in variants(p).items():
             folder = RUNS / p.name / v
@@ -310,7 +319,8 @@ def cmd_convert(args) -> int:
             if (folder / "model.json").is_file() and not acc.is_file():
                 card = load_card(folder)
                 images = {"set5": task_images(card.task, "set5")[1]}
-                rep = validate_artifact(str(folder), card, images, lambda: reference_fn(card), progress=False)
+                ref = final_checkpoint(p)  # the card names the source by file name only
+                rep = validate_artifact(str(folder), card, images, lambda: reference_fn(card, ref), progress=False)
                 s = rep["set5"]["summary"]
                 _write_json(acc, {"psnr_y": s["psnr_y"], "psnr_y_fp32": s["psnr_y_fp32"], "tile": TILE})
                 print(f"{p.name}/{v}: INT8 Set5 {s['psnr_y']:.3f} (FP32 model {s['psnr_y_fp32']:.3f})", flush=True)
@@ -387,8 +397,9 @@ def _plot(rs: list[dict], fronts: dict[str, list[int]]) -> None:
             ax.annotate(f"{r['name']}" + (" (in-program)" if r["variant"] == "inprogram_int8" else ""),
                         (r["lat"]["min_ms"], _q(r, key)), fontsize=7, xytext=(4, 3), textcoords="offset points")
         front = sorted((pts[i] for i in fronts[key]), key=lambda r: r["lat"]["min_ms"])
-        ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2,
-                label="Pareto front")
+        ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2)
+        ax.scatter([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], s=180, facecolors="none",
+                   edgecolors="k", zorder=4)  # ringed: on the front (visible when it is a single point)
         ax.set_xlabel(f"ExecuTorch INT8 latency per {TILE} px tile, 1 thread, min (ms)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -396,7 +407,7 @@ def _plot(rs: list[dict], fronts: dict[str, list[int]]) -> None:
     handles = [Line2D([], [], marker="o", ls="", color="tab:blue", label="dense (one program)"),
                Line2D([], [], marker="s", ls="", color="tab:red", label="NSR hard, host dispatch"),
                Line2D([], [], marker="^", ls="", color="tab:orange", label="NSR hard, in one program"),
-               Line2D([], [], ls="--", color="k", label="Pareto front")]
+               Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
     axes[0].legend(handles=handles, fontsize=8, loc="lower right")
     fig.suptitle(f"SR x2: Y-PSNR vs measured INT8 latency, every model trained {BUDGET_CPU_S / 60:.0f} CPU-minutes")
     fig.tight_layout()
@@ -470,6 +481,9 @@ def cmd_report(args) -> int:
           "Steps per model (plan, from calibrated CPU seconds per step): "
           + "; ".join(f"{n} " + ", ".join(f"{ph} {e['steps']} ({e['cpu_s_per_step']} s/step)" for ph, e in pl.items())
                       for n, pl in plan.items()) + ".", ""]
+    missing = [p.name for p in POINTS if not final_checkpoint(p).is_file()]
+    if missing:
+        L += ["Planned but not trained to the budget in this run (so not on the plot): " + ", ".join(missing) + ".", ""]
     on = [f"{r['name']} ({r['variant']})" for r in rs if r["nsr"] and r.get("front_mean3")]
     L += ["Computed from the table: NSR artifacts on the FP32-mean front: " + (", ".join(on) or "none") + "; on the "
           "INT8-Set5 front: " + (", ".join(f"{r['name']} ({r['variant']})" for r in rs
