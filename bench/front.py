@@ -408,7 +408,7 @@ def _plot(rs: list[dict], fronts: dict[str, list[int]]) -> None:
                Line2D([], [], marker="s", ls="", color="tab:red", label="NSR hard, host dispatch"),
                Line2D([], [], marker="^", ls="", color="tab:orange", label="NSR hard, in one program"),
                Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
-    axes[0].legend(handles=handles, fontsize=8, loc="lower right")
+    axes[0].legend(handles=handles, fontsize=8, loc="center right")
     fig.suptitle(f"SR x2: Y-PSNR vs measured INT8 latency, every model trained {BUDGET_CPU_S / 60:.0f} CPU-minutes")
     fig.tight_layout()
     fig.savefig(PNG, dpi=110)
@@ -474,7 +474,7 @@ def cmd_report(args) -> int:
             + " | ".join(f"{ev[d]:.3f}" if d in ev else "-" for d in SETS)
             + (f" | {r['mean3']:.3f}" if "mean3" in r else " | -"))
         L[-1] += (f" | {r['variant']} | "
-                  + (f"{i8['psnr_y']:.3f} ({i8['psnr_y_fp32']:.3f})" if i8 else (r["error"] or "-"))
+                  + (f"{i8['psnr_y']:.3f} ({i8['psnr_y_fp32']:.3f})" if i8 else (r["error"] or "not converted"))
                   + (f" | {lat['min_ms']:.2f} | {lat['median_ms']:.2f}" if lat else " | - | -")
                   + f" | {'yes' if r.get('front_mean3') else 'no'} / {'yes' if r.get('front_int8_set5') else 'no'} |")
     L += ["", "![Y-PSNR vs INT8 latency](front.png)", "",
