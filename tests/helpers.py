@@ -64,3 +64,23 @@ def spread_router_model(cfg):
                 mod.mlp[0].weight.mul_(40.0)
     return m.eval()
 
+
+
+def tiny_config():
+    """The tiny SR x2 NSR model the converter tests lower in seconds: 1 block, width 8, k = 2 banks, d = 1."""
+    from nsr_edge.models import ModelConfig
+
+    return ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+
+
+def tiny_checkpoint(path, seed: int = 0):
+    """An untrained `tiny_config` model (torch seed ``seed``) saved as an SR x2 checkpoint at ``path``."""
+    import torch
+    from nsr_edge.checkpoint import Checkpoint, save_checkpoint
+    from nsr_edge.models import build_model
+    from nsr_edge.runtime.tasks import TaskSpec
+
+    cfg = tiny_config()
+    torch.manual_seed(seed)
+    save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), path)
+    return path

@@ -9,24 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli, tiny_checkpoint, tiny_config
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime.card import load_card, read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 
 from nsr_edge.checkpoint import Checkpoint, save_checkpoint
-from nsr_edge.models import ModelConfig, build_model
+from nsr_edge.models import build_model
 
-TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+TINY = tiny_config()
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("et")
-    torch.manual_seed(0)
-    ckpt = root / "tiny.pt"
-    save_checkpoint(Checkpoint(TINY, build_model(TINY).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    ckpt = tiny_checkpoint(root / "tiny.pt")
     out = {"ckpt": ckpt}
     for recipe in ("fp32", "int8-ptq"):
         opts = ConvertOptions(str(ckpt), recipe=recipe, tile=32, extra_tiles=(48,) if recipe == "fp32" else (),

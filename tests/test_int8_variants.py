@@ -8,18 +8,16 @@ Real PT2E quantization, real lowering and the real runtime on a tiny model (1 bl
 import numpy as np
 import pytest
 import torch
-from helpers import real_tiles
+from helpers import real_tiles, tiny_checkpoint, tiny_config
 from nsr_edge import quant
-from nsr_edge.checkpoint import Checkpoint, save_checkpoint
 from nsr_edge.converters.base import get_recipe, get_target
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.deploy import OutputMixingConv, RoutingHead, to_deploy
-from nsr_edge.models import ModelConfig, build_model
+from nsr_edge.models import build_model
 from nsr_edge.runtime.card import read_card_json
 from nsr_edge.runtime.runners.child import RunnerProcess
-from nsr_edge.runtime.tasks import TaskSpec
 
-TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
+TINY = tiny_config()
 MIX = f"{OutputMixingConv.__module__}.{OutputMixingConv.__qualname__}"
 HEAD = f"{RoutingHead.__module__}.{RoutingHead.__qualname__}"
 
@@ -63,9 +61,7 @@ def test_heads_keep_the_routers_float_and_quantize_the_mixing():
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("mix")
-    torch.manual_seed(0)
-    ckpt = root / "tiny.pt"
-    save_checkpoint(Checkpoint(TINY, build_model(TINY).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    ckpt = tiny_checkpoint(root / "tiny.pt")
     out = {"ckpt": ckpt}
     for recipe in ("int8-ptq", "int8-ptq-mix"):
         opts = ConvertOptions(str(ckpt), recipe=recipe, tile=32, calibration_tiles=8, calibration_dataset="set5",

@@ -8,8 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-import torch
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli, tiny_checkpoint
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime import validate as V
 from nsr_edge.runtime.card import CardError, artifact_path, load_card, read_card_json
@@ -18,18 +17,11 @@ from nsr_edge.runtime.runners.child import RunnerCrash, RunnerProcess
 from nsr_edge.runtime.tasks import TaskSpec
 from nsr_edge.runtime.tiling import deploy_spec
 
-from nsr_edge.checkpoint import Checkpoint, save_checkpoint
-from nsr_edge.models import ModelConfig, build_model
-
-TINY = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1)
-
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("val")
-    torch.manual_seed(0)
-    ckpt = root / "tiny.pt"
-    save_checkpoint(Checkpoint(TINY, build_model(TINY).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    ckpt = tiny_checkpoint(root / "tiny.pt")
     opts = ConvertOptions(str(ckpt), recipe="int8-ptq", tile=32, calibration_tiles=8, calibration_dataset="set5",
                           progress=False)
     path, _ = convert(opts, str(root / "int8"))
