@@ -289,7 +289,10 @@ def test_interrupted_run_cleans_up(sshd, artifact, sig):
     """Ctrl-C (or a SIGTERM) on the host mid-run: exit 130 and the device's folder and runner are gone."""
     argv = [sys.executable, "-m", "nsr_edge.cli", "profile", str(artifact), *map(str, _args(sshd)),
             "--runs", "1000000", "--warmup", "0"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # a shell that runs the suite in the background starts it with SIGINT ignored and children inherit that (Python
+    # then installs no KeyboardInterrupt handler): give the CLI the default disposition a terminal's Ctrl-C meets
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         runner = _wait_for_runner(sshd.remote)
         below = _descendants(runner)
