@@ -105,13 +105,19 @@ def _calibrate(p: Point, phase: str) -> float:
     """CPU seconds per step of this model and phase, from a short throwaway run (ST is calibrated from scratch: the
     per-step cost does not depend on the starting weights)."""
     out = RUNS / "_calib" / f"{p.name}-{phase}"
+    cmd = _phase_cmd(p, phase, out, CALIB_STEPS)
+    if phase == "st":  # same options, no --init-from
+        i = cmd.index("--init-from")
+        cmd = cmd[:i] + cmd[i + 2:] + ARCH + _arch(p)
+    return cpu_s_per_step(cmd, out)
+
+
+def cpu_s_per_step(cmd: list[str], out: Path) -> float:
+    """CPU seconds per training step of the `nsr-edge train` command ``cmd`` writing to ``out`` (its --steps: a short
+    probe), run niced once (resumed if interrupted) and read back from the checkpoint's provenance."""
     if not (out / "model.pt").is_file():
-        cmd = _phase_cmd(p, phase, out, CALIB_STEPS)
-        if phase == "st":  # same options, no --init-from
-            i = cmd.index("--init-from")
-            cmd = cmd[:i] + cmd[i + 2:] + ARCH + _arch(p)
         if out.exists():
-            cmd.append("--resume")
+            cmd = [*cmd, "--resume"]
         subprocess.run(["nice", "-n", "19", *cmd], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     prov = _provenance(out / "model.pt")
     return prov["train_cpu_seconds"] / prov["steps"]
@@ -228,10 +234,24 @@ def trained(names: list[str] | None = None) -> list[Point]:
 
 def deploy_model(p: Point):
     """The form a device runs: hard (top-1 bank per tile) for NSR, weight norm folded for dense."""
+    return deploy_form(final_checkpoint(p), p.nsr)
+
+
+def deploy_form(checkpoint: Path, nsr: bool):
+    """A checkpoint's deploy form: hard top-1 routing per tile for NSR, output-mix (weight norm folded) for dense."""
     from nsr_edge import hub
     from nsr_edge.deploy import to_deploy
-    return to_deploy(hub.resolve(str(final_checkpoint(p)), require_trained=True).build(),
-                     "hard" if p.nsr else "output-mix")
+    return to_deploy(hub.resolve(str(checkpoint), require_trained=True).build(), "hard" if nsr else "output-mix")
+
+
+def psnr_y_sets(model, task, label: str, spec=None, sets: list[str] = SETS) -> dict[str, float]:
+    """Mean Y-PSNR per set of ``model`` (any form) with `nsr-edge eval`'s functions: the reference 48 px tiling, or
+    ``spec`` (a `runtime.tiling.TileSpec`, e.g. the fixed deploy tiles `nsr-edge eval --tile` uses)."""
+    from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer
+    from nsr_edge.runtime.tiling import REFERENCE
+
+    results = evaluate_sets(EvalTarget(label, model_restorer(model, task.scale, spec or REFERENCE)), task, sets, [], None)
+    return {r.dataset: round(r.mean("psnr_y"), 4) for r in results}
 
 
 def cmd_eval(args) -> int:
@@ -240,7 +260,6 @@ def cmd_eval(args) -> int:
 
     from nsr_edge import hub
     from nsr_edge.costs import tile_macs
-    from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer
     from nsr_edge.hub import task_of
     from nsr_edge.models import count_parameters
 
@@ -251,8 +270,7 @@ def cmd_eval(args) -> int:
             continue
         resolved = hub.resolve(str(final_checkpoint(p)), require_trained=True)
         model = deploy_model(p)
-        results = evaluate_sets(EvalTarget(p.name, model_restorer(model, 2)), task_of(resolved), SETS, [], None)
-        row = {"psnr_y": {r.dataset: round(r.mean("psnr_y"), 4) for r in results},
+        row = {"psnr_y": psnr_y_sets(model, task_of(resolved), p.name),
                "params": count_parameters(resolved.build()),
                "macs_per_tile": tile_macs(model, TILE, TILE), "cpu_s": round(cpu_seconds(p), 1),
                "steps": {ph: _provenance(RUNS / p.name / ph / "model.pt")["steps"] for ph in p.phases}}
