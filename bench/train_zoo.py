@@ -48,7 +48,7 @@ class Job:
     baseline_of: str | None = None
     baseline_kind: str | None = None  # equal-params | equal-macs | hard-routing
     extra: list[str] = field(default_factory=list)
-    init_from: str | None = None  # a fine-tune of this zoo model (its architecture and task) with `extra` options
+    init_from: str | None = None  # a fine-tune of this checkpoint (its architecture and task) with `extra` options
 
     @property
     def steps(self) -> int:
@@ -92,7 +92,9 @@ def trio(nsr_id: str, **task: object) -> list[Job]:
 def hard(nsr_id: str) -> Job:
     """The hard-routed (top-1) deploy variant of an NSR model: a fine-tune with shared (block-level) straight-through
     routing and a load-balancing loss (docs/hard_routing.md measures the alternatives)."""
-    return Job(f"{nsr_id}_hard", task="", arch="wdsr_nsr", width_multiplier=NSR_WM, init_from=nsr_id,
+    # From the soft model's own run (its first stage: the zoo may hold a longer-trained continuation of it).
+    return Job(f"{nsr_id}_hard", task="", arch="wdsr_nsr", width_multiplier=NSR_WM,
+               init_from=str(RUNS / nsr_id / "model.pt"),
                baseline_of=nsr_id, baseline_kind="hard-routing", extra=list(HARD["options"]))
 
 

@@ -26,14 +26,25 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "zoo_long"
 LONG_STEPS = 15000
 RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", "threads": 1, "checkpoint_every": 200}
-# Which zoo models can be continued (x3/x4 NSR and every dense baseline: same recipe, later sessions).
-JOBS = ["nsr_sr_x2", "dense_sr_x2_eqmacs", "dense_sr_x2_eqparams", "nsr_sr_x3", "nsr_sr_x4"]
+# Which zoo models can be continued: every SR model and its two dense baselines (same recipe: a fair comparison).
+JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
+        for kind, suffix in (("nsr", ""), ("dense", "_eqmacs"), ("dense", "_eqparams"))]
+
+
+def init_source(zoo_id: str) -> str:
+    """The first stage a continuation starts from: the zoo model while the zoo still holds its first stage; once the
+    continued model is published (its card lists `training_stages`), the first stage as bench/train_zoo.py reproduces
+    it (runs/zoo/<id>/model.pt), so that rerunning this job never continues an already continued model."""
+    card = ROOT / "zoo" / zoo_id / "card.json"
+    if card.is_file() and "training_stages" not in json.loads(card.read_text()):
+        return zoo_id
+    return str(ROOT / "runs" / "zoo" / zoo_id / "model.pt")
 
 
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
-            "--init-from", zoo_id, "--steps", str(LONG_STEPS), "--batch-size", str(r["batch_size"]),
+            "--init-from", init_source(zoo_id), "--steps", str(LONG_STEPS), "--batch-size", str(r["batch_size"]),
             "--patch-size", str(r["patch_size"]), "--lr", str(r["lr"]), "--schedule", r["schedule"],
             "--threads", str(r["threads"]), "--checkpoint-every", str(r["checkpoint_every"])]
 
@@ -43,6 +54,9 @@ def run(zoo_id: str) -> int:
     cmd = command(zoo_id)
     if (out / "last.pt").is_file() or (out / "prev.pt").is_file():
         cmd.append("--resume")  # same options: nsr-edge refuses in one line if they are not the run's
+    elif init_source(zoo_id) != zoo_id and not Path(init_source(zoo_id)).is_file():
+        raise SystemExit(f"{zoo_id}: the zoo holds its continued model; reproduce its first stage first "
+                         f"(.venv/bin/python bench/train_zoo.py --only {zoo_id})")
     RUNS.mkdir(parents=True, exist_ok=True)
     with open(RUNS / f"{zoo_id}.out", "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/zoo_cards.py [--only ID ...] [--table docs/results.md]
     .venv/bin/python bench/zoo_cards.py --from-zoo [--only ID ...]   # re-evaluate the committed zoo/<id>/model.pt
+    .venv/bin/python bench/zoo_cards.py --from-long --only ID ...     # publish a finished bench/train_zoo_long.py run
 
 Every number in a card and in docs/results.md comes from this script (it calls the same evaluation as
 `nsr-edge eval`, with the reference protocol: 48 px tiles for the body, skip conv on the whole image). Runs come from
 bench/train_zoo.py (runs/zoo/<id>/model.pt); `--from-zoo` re-evaluates the published checkpoints instead (their
-model.pt and sha256 untouched: only the card's results, evaluation note and date change).
+model.pt and sha256 untouched: only the card's results, evaluation note and date change); `--from-long` publishes the
+continuation of a zoo model (runs/zoo_long/<id>/last.pt, finished) with both stages of its budget in the card.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
+from train_zoo_long import LONG_STEPS, RUNS as LONG_RUNS, command as long_command  # noqa: E402
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -109,6 +112,56 @@ def publish(job, ckpt: Checkpoint, results: list[dict]) -> dict:
     return card
 
 
+def _stage(kind: str, command: str, training: dict, cpu_seconds: float | None, **extra) -> dict:
+    return {"stage": kind, "command": command, "cpu_seconds": cpu_seconds,
+            **{k: training.get(k) for k in ("steps", "batch_size", "patch_size", "train_seconds", "threads")}, **extra}
+
+
+def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
+    """Publish a finished continuation (bench/train_zoo_long.py) over its first stage; the card keeps both stages."""
+    card_path = ZOO_DIR / job.id / "card.json"
+    old = json.loads(card_path.read_text())
+    first = (old.get("training_stages") or [_stage(
+        "zoo", old["train_command"], old["training"], old["training"].get("train_cpu_seconds"), sha256=old["sha256"],
+        note="published as zoo/<id> until the continuation replaced it (git history); CPU time not recorded by "
+             "this run: its wall time at 1 thread is counted")])[0]
+    # The continuation as it is reproduced once the zoo holds it: from the first stage bench/train_zoo.py retrains.
+    cmd = long_command(job.id)[3:]
+    cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{job.id}/model.pt"
+    second = _stage("continuation", "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
+                    ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
+                    reproduce=f".venv/bin/python bench/train_zoo_long.py {job.id}")
+    card = publish(job, ckpt, results)
+    card["training"]["init_from"] = f"zoo/{job.id}/model.pt as first published (training_stages[0])"
+    card["training_stages"] = [first, second]
+    card["train_command"] = f"{first['command']} && {second['command']}"
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    _pin_fine_tunes(job.id, first["sha256"])
+    return card
+
+
+def _pin_fine_tunes(zoo_id: str, first_sha256: str) -> None:
+    """Cards of models fine-tuned from zoo/<id>/model.pt (the hard-routed ones) name the first stage they started
+    from, since that file now holds the continuation."""
+    for path in ZOO_DIR.glob("*/card.json"):
+        card = json.loads(path.read_text())
+        if (card.get("training") or {}).get("init_from") == f"zoo/{zoo_id}/model.pt":
+            card["training"]["init_from"] = f"zoo/{zoo_id}/model.pt as first published (sha256 {first_sha256})"
+            path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def budget_hours(card: dict) -> str:
+    """Training CPU hours as the card states them; "<=": the wall time of a 1-thread run that did not record its CPU
+    time (an upper bound: on this shared machine wall time includes waiting for the core)."""
+    stages = card.get("training_stages") or [{"cpu_seconds": (card.get("training") or {}).get("train_cpu_seconds"),
+                                              **(card.get("training") or {})}]
+    if any(not st.get("cpu_seconds") and st.get("threads") != 1 for st in stages):
+        return "-"
+    bound = any(not st.get("cpu_seconds") for st in stages)
+    hours = sum(st.get("cpu_seconds") or st.get("train_seconds") or 0 for st in stages) / 3600
+    return f"{'<=' if bound else ''}{hours:.2f}"
+
+
 def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
     lines = ["# Zoo results", "",
              "Produced by `bench/zoo_cards.py` (same evaluation as `nsr-edge eval`). Y-PSNR (dB) / SSIM; see each",
@@ -124,31 +177,45 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
         sets = [r["dataset"] for r in group[0]["results"]]
         name = {"sr": f"Super-resolution x{key[1]}", "denoise": f"Gray denoising, sigma {key[1]:g}",
                 "jpeg": f"Gray JPEG deblocking, quality {key[1]}"}[key[0]]
-        lines += [f"## {name}", "", "| model | params | MACs/px | " + " | ".join(sets) + " |",
-                  "|---|---:|---:|" + "---:|" * len(sets)]
+        lines += [f"## {name}", "", "| model | params | MACs/px | train CPU-h | " + " | ".join(sets) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(sets)]
         base = baselines.get(key, [])
         if base:
             label = "bicubic" if key[0] == "sr" else "input (unrestored)"
-            lines.append(f"| {label} | - | - | " + " | ".join(
+            lines.append(f"| {label} | - | - | - | " + " | ".join(
                 f"{b['psnr_y']:.2f} / {b['ssim_y']:.4f}" for b in base) + " |")
         for c in sorted(group, key=lambda c: (c["baseline_kind"] or "", c["id"])):
             kind = {None: " (NSR)", "hard-routing": " (NSR, hard top-1 routing)"}.get(
                 c["baseline_kind"], f" (dense, {c['baseline_kind']})")
-            lines.append(f"| `{c['id']}`{kind} | {c['params']:,} | {c['macs_per_pixel']:,.0f} | " + " | ".join(
+            lines.append(f"| `{c['id']}`{kind} | {c['params']:,} | {c['macs_per_pixel']:,.0f} | {budget_hours(c)} | "
+                         + " | ".join(
                 f"{r['psnr_y']:.2f} / {r['ssim_y']:.4f}" for r in c["results"]) + " |")
         if key in CLASSIC:
-            lines.append("| FSRCNN (published, for reference) | ~12,000 | - | " + " | ".join(
+            lines.append("| FSRCNN (published, for reference) | ~12,000 | - | - | " + " | ".join(
                 f"{CLASSIC[key][s]:.2f}" if s in CLASSIC[key] else "-" for s in sets) + " |")
         if key in PAPER:
-            lines.append("| paper-scale EDSR+NSR (reference README) | 4,877,812 | - | " + " | ".join(
+            lines.append("| paper-scale EDSR+NSR (reference README) | 4,877,812 | - | - | " + " | ".join(
                 f"{PAPER[key][s]:.2f}" if s in PAPER[key] else "-" for s in sets) + " |")
         lines.append("")
     if any(c["baseline_kind"] == "hard-routing" for c in cards):
         lines += ["Hard top-1 rows are fine-tunes of the NSR model above them (extra steps on 48 px patches, in their "
                   "cards): compare them with the NSR model at equal training budget in docs/hard_routing.md.", ""]
+    if any("training_stages" in c for c in cards):
+        lines += ["Models with two stages were trained as zoo models, then continued with a longer schedule "
+                  "(bench/train_zoo_long.py: 48 px patches, cosine from 5e-4); their dense baselines got the same "
+                  "continuation. Train CPU-h is the whole budget (both stages; `training_stages` in the card). "
+                  "Hard top-1 rows start from the NSR model's first stage.", ""]
+    lines += ["Train CPU-h: the CPU time of the training runs behind the model, 1 thread; `<=`: a run that recorded only "
+              "its wall time (an upper bound on a shared machine). Hard top-1 rows: the fine-tune alone.", ""]
     lines += [f"Reference row: {PAPER_SOURCE}. Our models are ~20x smaller and trained for minutes on 2 CPU cores.",
               f"Machine: {platform.machine()}, 2 cores, CPU only; torch {torch.__version__}.", ""]
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(zoo_id: str, ckpt: Checkpoint) -> list[dict]:
+    task = TaskSpec.from_dict(ckpt.provenance["task"])
+    target = EvalTarget(zoo_id, model_restorer(ckpt.build(), task.scale))
+    return [r.summary() for r in evaluate_sets(target, task, list(task.eval_sets), [], None)]
 
 
 def reevaluate(zoo_id: str) -> dict | None:
@@ -160,11 +227,8 @@ def reevaluate(zoo_id: str) -> dict | None:
     card = json.loads(card_path.read_text())
     if file_sha256(ckpt_path) != card.get("sha256"):
         raise SystemExit(f"{zoo_id}: model.pt does not match its card's sha256; publish it from its run instead")
-    ckpt = load_checkpoint(ckpt_path)
-    task = TaskSpec.from_dict(ckpt.provenance["task"])
-    target = EvalTarget(zoo_id, model_restorer(ckpt.build(), task.scale))
     before = {r["dataset"]: r["psnr_y"] for r in card["results"]}
-    results = [r.summary() for r in evaluate_sets(target, task, list(task.eval_sets), [], None)]
+    results = evaluate_checkpoint(zoo_id, load_checkpoint(ckpt_path))
     card.update(results=results, evaluation=EVALUATION, evaluated=datetime.date.today().isoformat())
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"{zoo_id}: " + ", ".join(f"{r['dataset']} {before.get(r['dataset'], float('nan')):.3f} -> {r['psnr_y']:.3f}"
@@ -172,13 +236,29 @@ def reevaluate(zoo_id: str) -> dict | None:
     return card
 
 
+def publish_continuation(job) -> dict | None:
+    run = LONG_RUNS / job.id / "last.pt"
+    ckpt = load_checkpoint(run) if run.is_file() else None
+    if ckpt is None or ckpt.provenance.get("steps") != LONG_STEPS:
+        raise SystemExit(f"{job.id}: {run.relative_to(ROOT)} is not a finished continuation "
+                         f"({ckpt.provenance.get('steps') if ckpt else 0} of {LONG_STEPS} steps)")
+    results = evaluate_checkpoint(job.id, ckpt)
+    card = publish_long(job, ckpt, results)
+    print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)
+    return card
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--table", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--from-long", action="store_true",
+                    help="publish the finished continuation runs/zoo_long/<id>/last.pt of each --only model")
     ap.add_argument("--from-zoo", action="store_true",
                     help="re-evaluate the committed zoo/<id>/model.pt (not runs/zoo) and update only the cards' results")
     args = ap.parse_args()
+    if args.from_long and not args.only:
+        ap.error("--from-long publishes the models named with --only (their baselines must get the same continuation)")
     torch.set_num_threads(1)
     cards, baselines = [], {}
     for job in zoo_jobs():
@@ -192,14 +272,17 @@ def main() -> int:
             if card is not None:
                 cards.append(card)
             continue
+        if args.from_long:
+            card = publish_continuation(job)
+            if card is not None:
+                cards.append(card)
+            continue
         run = RUNS / job.id / "model.pt"
         if not run.is_file():
             print(f"{job.id}: not trained yet (no {run})")
             continue
         ckpt = load_checkpoint(run)
-        task = TaskSpec.from_dict(ckpt.provenance["task"])
-        target = EvalTarget(job.id, model_restorer(ckpt.build(), task.scale))
-        results = [r.summary() for r in evaluate_sets(target, task, list(task.eval_sets), [], None)]
+        results = evaluate_checkpoint(job.id, ckpt)
         cards.append(publish(job, ckpt, results))
         print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)
     for c in cards:
