@@ -7,6 +7,7 @@ One tiny INT8 conversion through the CLI (seconds); the numbers are checked agai
 
 import hashlib
 import json
+from pathlib import Path
 
 import helpers
 import jsonschema
@@ -114,6 +115,21 @@ def test_validate_and_convert_show_the_worst_tensors(art):
     r = run_cli("validate", art["dir"], "--dataset", "set5", "--limit", "1", "--no-reference", "--quiet", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["tensor_errors"] == card.to_dict()["tensor_errors"]
     assert "int8 per-tensor error" in art["convert_stdout"] and f"worst {worst.snr_db:.1f} dB" in art["convert_stdout"]
+
+
+def test_validate_on_a_device_shows_the_worst_tensors_too(art, tmp_path):
+    """`validate --remote-python` (the device path, torch-free venv with tflite-runtime): the same table and JSON
+    field as on the host, from the card."""
+    device_python = Path(__file__).resolve().parents[1] / ".venv-runtime" / "bin" / "python"
+    assert device_python.exists(), f"{device_python} is missing: run `make setup-runtime` (the device environment)"
+    card = C.load_card(art["dir"])
+    worst = card.tensor_errors.signatures["serving_default"].worst[0]
+    r = run_cli("validate", art["dir"], "--remote-python", device_python, "--remote-tmp", tmp_path)
+    assert r.returncode == 0, r.stderr[-600:]
+    assert "INT8 per-tensor error" in r.stdout and short_tensor_name(worst.name) in r.stdout, r.stdout[-1500:]
+    r = run_cli("validate", art["dir"], "--remote-python", device_python, "--remote-tmp", tmp_path, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["tensor_errors"] == card.to_dict()["tensor_errors"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_short_names_keep_the_module_path():

@@ -130,6 +130,8 @@ def validate_on_device(args: argparse.Namespace) -> int:
               "artifact": {"target": card.target, "recipe": card.recipe["name"], "strategy": card.strategy,
                            "tile": spec.tile},
               "passed": not fails, "device": result["device"], "runtime_source": result.get("runtime_source")}
+    if card.tensor_errors is not None:  # INT8 LiteRT: from the card, written by convert (as on the host)
+        report["tensor_errors"] = card.to_dict()["tensor_errors"]
     if args.record:
         rec = V.validation_record(label, summary, tol, not fails, card.runner)
         record_validation(args.artifact, dataclasses.replace(rec, device=_device_info(result)))
@@ -140,6 +142,8 @@ def validate_on_device(args: argparse.Namespace) -> int:
         if data:
             print(V.format_report(report, f"{title}, {label} (vs ground truth)"))
         print(V.format_stored(stored, "" if data else title))
+        if card.tensor_errors is not None:
+            print(V.format_tensor_errors(card.tensor_errors))
         print(device_line(result["device"]))
     for f in fails:
         print(f"nsr-edge validate: FAILED: {f}", file=sys.stderr)
