@@ -4,6 +4,8 @@ equal-MACs dense model, every recipe with the SAME CPU budget, each phase one `n
     .venv/bin/python bench/hard_recipes.py train [--only NAME ...]   # resumable: rerun to continue; one run at a time
     .venv/bin/python bench/hard_recipes.py eval                       # FP32 Y-PSNR Set5/Set14/BSD100 (reference tiling)
     .venv/bin/python bench/hard_recipes.py tiles [--recipe NAME]      # 32 vs 64 px deploy tiles: accuracy, calls/image
+    .venv/bin/python bench/hard_recipes.py convert [--recipe NAME]    # INT8 dispatch / dense artifacts at 32 and 64 px
+    bench/quiet_run.sh .venv/bin/python bench/hard_recipes.py time    # INT8 ms per tile and per image, interleaved
     .venv/bin/python bench/hard_recipes.py report                     # docs/hard_routing_budget.md (generated part)
 
 Architecture: bench/front.py's `nsr_k4` (k = 4 banks of C = 16, 6 blocks, width multiplier 2, d = 1; shared routing
@@ -300,7 +302,7 @@ def tiles_per_image(sizes: list[tuple[int, int]], tile: int) -> float:
 
 def calls_per_tile(deploy) -> int:
     """Program calls per tile of the ExecuTorch dispatch form (`build_plan`: stem + one per block, tail fused)."""
-    from converters.executorch_dispatch import build_plan
+    from nsr_edge.converters.executorch_dispatch import build_plan
 
     return int(build_plan(deploy).card()["calls_per_tile"])
 
@@ -339,6 +341,91 @@ def cmd_tiles(args) -> int:
                 front._write_json(TILES_JSON, out)
                 print(key, json.dumps(out[key]), flush=True)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ (e) latency
+LATENCY = RUNS / "latency"
+
+
+def latency_models(name: str | None) -> list[Recipe]:
+    hard = recipe(name) if name else best_hard()
+    if hard is None:
+        raise SystemExit("hard_recipes: no hard recipe evaluated yet (run: bench/hard_recipes.py eval)")
+    return [hard, recipe("dense_c16")]
+
+
+def cmd_convert(args) -> int:
+    """ExecuTorch INT8 (PT2E PTQ, 64 calibration tiles) at each deploy tile: the hard model as the dispatch artifact
+    (one program per block and bank, routed on the host), the dense control as one program. A failure is kept."""
+    import torch
+
+    from nsr_edge.converters.pipeline import ConvertOptions, convert
+
+    torch.set_num_threads(1)
+    for r in latency_models(args.recipe):
+        ckpt = str(phase_dir(r, r.phases[-1]) / "model.pt")
+        opts = (dict(target="executorch", recipe="int8-ptq") if r.dense else
+                dict(target="executorch-dispatch", recipe="int8-ptq", strategy="hard"))
+        for tile in TILES:
+            folder, err = LATENCY / f"{r.name}_{tile}", LATENCY / f"{r.name}_{tile}.error"
+            if (folder / "model.json").is_file() or err.is_file():
+                continue
+            t0 = time.process_time()
+            try:
+                convert(ConvertOptions(model=ckpt, tile=tile, calibration_tiles=64, progress=False, **opts),
+                        str(folder), force=True)
+            except Exception as e:  # kept and reported, never dropped silently
+                err.parent.mkdir(parents=True, exist_ok=True)
+                err.write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+                print(f"{folder.name}: conversion failed: {err.read_text().strip()}", flush=True)
+                continue
+            print(f"{folder.name}: converted ({time.process_time() - t0:.0f} CPU-s)", flush=True)
+    return 0
+
+
+def cmd_time(args) -> int:
+    """Every converted artifact in ONE interleaved run (bench/front.py's method: `time_interleaved`, a runner
+    process each, 1 thread); per image = per tile x deploy tiles per image. Run it through bench/quiet_run.sh."""
+    from importlib import metadata
+
+    from nsr_edge.runtime.profile import time_interleaved
+
+    folders = {f.name: f for f in sorted(LATENCY.glob("*_*")) if (f / "model.json").is_file()}
+    if not folders:
+        raise SystemExit("hard_recipes: nothing converted yet (run: bench/hard_recipes.py convert)")
+    lat, before, after = time_interleaved(folders, args.rounds, args.runs_per_round)
+    sizes = {d: lr_sizes(d) for d in front.SETS}
+    for name, v in lat.items():
+        tile = int(name.rsplit("_", 1)[1])
+        v["tiles_per_image"] = {d: tiles_per_image(sz, tile) for d, sz in sizes.items()}
+        v["ms_per_image_min"] = {d: round(v["min_ms"] * n, 1) for d, n in v["tiles_per_image"].items()}
+        print(f"{name:28s} min {v['min_ms']:7.2f} ms  median {v['median_ms']:7.2f} ms per tile; per image (min) "
+              + " / ".join(f"{x:.0f}" for x in v["ms_per_image_min"].values()) + " ms", flush=True)
+    front._write_json(LATENCY / "latency.json", {
+        "latency": lat, "load": [before, after], "rounds": args.rounds, "runs_per_round": args.runs_per_round,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "versions": {d: metadata.version(d) for d in ("torch", "executorch", "torchao", "numpy")}})
+    return 0
+
+
+def latency_lines() -> list[str]:
+    lj = front._json(LATENCY / "latency.json")
+    if not lj:
+        return ["(INT8 latency per image: not measured in this run: `bench/hard_recipes.py convert`, then "
+                "`bench/quiet_run.sh .venv/bin/python bench/hard_recipes.py time`.)", ""]
+    load = lj["load"]
+    out = ["INT8 latency (ExecuTorch/XNNPACK, PT2E PTQ; hard model = the dispatch artifact, the host running one bank "
+           "program per block; dense = one program), one tile per run, 1 thread, all artifacts in ONE interleaved run "
+           f"({lj['rounds']} rounds x {lj['runs_per_round']} runs) under bench/quiet_run.sh, {lj['when']}, 1-min load "
+           f"average {load[0][0]:.2f} before / {load[1][0]:.2f} after; "
+           + ", ".join(f"{k} {v}" for k, v in lj["versions"].items())
+           + ". Per image = min ms per tile x deploy tiles per image (the host's tiling and stitching not included).",
+           "", "| artifact | ms / tile min | median | ms / image (min x tiles): Set5 / Set14 / BSD100 |",
+           "|---|---:|---:|---|"]
+    for name, v in lj["latency"].items():
+        out.append(f"| {name} | {v['min_ms']:.2f} | {v['median_ms']:.2f} | "
+                   + " / ".join(f"{x:.0f}" for x in v["ms_per_image_min"].values()) + " |")
+    return out + [""]
 
 
 
@@ -434,6 +521,7 @@ def cmd_report(args) -> int:
     if missing:
         L += ["Not trained to the budget in this run: " + ", ".join(missing) + ".", ""]
     L += tiles_lines()
+    L += latency_lines()
     L += ["Exact training commands (steps from runs/hard_recipes/plan.json):", "", "```bash"]
     for r in RECIPES:
         for ph in r.phases:
@@ -453,12 +541,16 @@ def main() -> int:
     sub.add_parser("train").add_argument("--only", nargs="*")
     sub.add_parser("eval")
     sub.add_parser("tiles").add_argument("--recipe")
+    sub.add_parser("convert").add_argument("--recipe")
+    tm = sub.add_parser("time")
+    tm.add_argument("--rounds", type=int, default=15)
+    tm.add_argument("--runs-per-round", type=int, default=4)
     sub.add_parser("report")
     args = ap.parse_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     return {"train": cmd_train, "eval": cmd_eval, "tiles": cmd_tiles,
-            "report": cmd_report}[args.cmd](args)
+            "convert": cmd_convert, "time": cmd_time, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
