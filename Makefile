@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)  # Debian packages for test-ap
 
 DEVICE_FIXTURES := build/device-fixtures
 
-.PHONY: demo test test-full test-runtime test-apps setup setup-runtime device-fixtures device-test-deps arm-emu clean-venvs
+.PHONY: demo test test-full test-runtime test-apps setup setup-runtime device-fixtures device-test-deps arm-emu compile-deps clean-venvs
 
 # The main job on the bundled default model (set-up included).
 demo: setup
@@ -17,7 +17,7 @@ demo: setup
 # All tests (set-up included): the full toolkit, then runtime/ again in a venv without torch.
 test: test-full test-runtime test-apps
 
-test-full: setup setup-runtime device-test-deps arm-emu
+test-full: setup setup-runtime device-test-deps arm-emu compile-deps
 	NSR_EDGE_REQUIRE_ARM_EMU=1 $(PY) -m pytest -q
 
 # ARM emulation for --device arm-emu (docs/arm.md): Debian's qemu-user (with TCG plugin support), debootstrap and gcc,
@@ -26,6 +26,10 @@ test-full: setup setup-runtime device-test-deps arm-emu
 arm-emu: setup
 	command -v qemu-aarch64 >/dev/null && command -v debootstrap >/dev/null && command -v gcc >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends qemu-user debootstrap gcc libc6-dev >/dev/null)
 	$(SUDO) env HOME="$$HOME" $(PY) -m nsr_edge.devices.arm_rootfs
+
+# `nsr-edge train --compile` (torch.compile's inductor builds C++ on the CPU): Debian's g++ (tests/test_train_eval.py).
+compile-deps:
+	command -v g++ >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends g++ >/dev/null)
 
 # Debian packages for the --device tests: a real OpenSSH server the tests start on 127.0.0.1 (tests/test_devices_ssh.py,
 # which runs the device venv as the remote Python) and the adb client (tests/test_devices_adb.py).

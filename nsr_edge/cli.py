@@ -13,7 +13,9 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from .errors import UserError
@@ -58,26 +60,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`), handled as Ctrl-C is: checkpoints saved, partial outputs and remote folders removed. A
+    command started in the background by a non-interactive shell ignores SIGINT (POSIX), so SIGTERM is how such a
+    run (a long `train`) is stopped cleanly."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except ArgumentError as e:
         print(str(e).replace("\n", " "), file=sys.stderr)
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"nsr-edge {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"nsr-edge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e.__context__, Terminated) else 2
+    except KeyboardInterrupt as e:
+        print(f"nsr-edge {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # `nsr-edge zoo --json | head`: the reader left; nothing to report
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
         return 141
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

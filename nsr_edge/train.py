@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -76,6 +77,7 @@ class TrainConfig:
     sparsity: dict[str, Any] = field(default_factory=dict)  # routing-training options (see `sparsity.py`)
     distill_from: str | None = None  # teacher checkpoint (same task/scale): L1 to its output is added to the loss
     distill_weight: float = 0.0
+    compile: bool = False  # torch.compile the training step: how it runs (faster on CPU), not what it computes
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,7 +96,7 @@ class TrainConfig:
 
 
 SCHEDULES = ("multistep", "cosine")
-RESUME_MAY_CHANGE = ("threads", "device", "data_dir", "checkpoint_every", "log_every")
+RESUME_MAY_CHANGE = ("threads", "device", "data_dir", "checkpoint_every", "log_every", "compile")
 """What a resumed run may set anew: how and where it runs, not what it computes (the data are checked by content)."""
 
 
@@ -192,6 +194,19 @@ def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state()}
 
 
+def _compiled(net: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile`` (inductor) of the training network. On this project's CPU models it makes a step ~1.4x
+    cheaper (bench numbers in docs/training.md) after a minute or two of compiling, which the run's CPU seconds
+    include. Inductor compiles C++ on the CPU: it needs a compiler, checked here so the error is one line."""
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        raise UserError("--compile needs a C++ compiler for torch.compile on the CPU (apt-get install g++); "
+                        "or train without --compile")
+    import torch._inductor.config as inductor
+
+    inductor.compile_threads = 1  # compile in this process: no worker pool, and the CPU time counts in the budget
+    return torch.compile(net)
+
+
 def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True,
           overrides: dict[str, Any] | None = None) -> Path:
     """Run (or with ``resume``, continue) a training run.
@@ -256,6 +271,8 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     net: nn.Module = model
     if dist_info.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = _compiled(net, device)
 
     teacher = _teacher(cfg, device)
     from .sparsity import SparsityTrainer  # routing schedules and auxiliary losses (no-ops for dense models)
@@ -299,7 +316,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             "patch_size": cfg.patch_size, "seed": cfg.seed, "train_seconds": round(elapsed, 1),
             "train_cpu_seconds": round(cpu, 1),
             "threads": torch.get_num_threads(), "device": str(device), "sparsity": cfg.sparsity,
-            "init_from": cfg.init_from,
+            "init_from": cfg.init_from, "compiled": cfg.compile,
             **({"distill_from": cfg.distill_from, "distill_weight": cfg.distill_weight} if cfg.distill_from else {}),
         }
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}

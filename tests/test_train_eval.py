@@ -324,3 +324,51 @@ def test_cli_resume_checks_the_options_it_is_given(tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and "schedule 'multistep' (run: 'cosine')" in lines[0], r.stderr
     r = run_cli(*base, "--resume")  # the same command continues (here: the run is complete)
     assert r.returncode == 0, r.stderr
+
+
+def test_compiled_run_matches_eager_and_resumes_either_way(tmp_path, monkeypatch):
+    """`--compile` (torch.compile, inductor on the CPU) trains the same model as eager up to float rounding, records
+    it, and a run may switch between compiled and eager on resume (how it runs, not what it computes)."""
+    eager = load_checkpoint(train(tiny_config(steps=4), tmp_path / "eager", show_progress=False))
+    compiled = load_checkpoint(train(tiny_config(steps=4, compile=True), tmp_path / "compiled", show_progress=False))
+    assert compiled.provenance["compiled"] is True and eager.provenance["compiled"] is False
+    for k, v in eager.state_dict.items():
+        assert torch.allclose(v, compiled.state_dict[k], rtol=1e-3, atol=1e-5), k
+    _interrupt_at(monkeypatch, 4)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_config(steps=6, compile=True), tmp_path / "b", show_progress=False)
+    resumed = load_checkpoint(train(tiny_config(steps=6), tmp_path / "b", resume=True, show_progress=False))
+    assert resumed.provenance["steps"] == 6 and resumed.provenance["compiled"] is False
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="--compile needs a C\\+\\+ compiler"):
+        train(tiny_config(steps=2, compile=True), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_sigterm_stops_a_background_run_like_ctrl_c(tmp_path):
+    """`kill PID` on a training run started in the background (where SIGINT is ignored, as a non-interactive shell
+    starts it): the last checkpoint is written, one line says how to resume, and the run resumes from it."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(out), "--model", "wdsr_nsr", "--blocks", "1",
+           "--channels", "8", "--width-multiplier", "2", "--groups", "2", "--cardinality", "1", "--steps", "100000",
+           "--patch-size", "16", "--batch-size", "2", "--threads", "1", "--dataset", "t91", "--checkpoint-every",
+           "5"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 300
+    while not (out / "last.pt").is_file() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.5)
+    assert (out / "last.pt").is_file(), p.stderr.read()[-800:] if p.poll() is not None else "no checkpoint in 300 s"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("nsr-edge")]
+    assert p.returncode == 143 and len(lines) == 1 and "interrupted at step" in lines[0], err[-800:]
+    assert "--resume" in lines[0] and "Traceback" not in err
+    step = load_checkpoint(out / "last.pt").training["step"]
+    assert step >= 5 and not (out / "model.pt").exists()

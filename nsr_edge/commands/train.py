@@ -18,7 +18,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, log); must be new unless --resume")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint; options given with it must be the run's "
-                   "own (--threads, --device, --data-dir, --checkpoint-every may change)")
+                   "own (--threads, --device, --data-dir, --checkpoint-every, --compile may change)")
     p.add_argument("--model", default="wdsr_nsr", help="preset or architecture to train (default wdsr_nsr)")
     p.add_argument("--task", choices=("sr", "denoise", "jpeg"), dest="task_given",
                    help="default: sr, or the task of --init-from")
@@ -39,6 +39,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=POSITIVE, default=500)
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (a C++ compiler on the CPU): ~1.4x faster per step on CPU "
+                   "for the zoo models after 1-2 minutes of compiling; how it runs, not what it computes (a run may "
+                   "be resumed with or without it)")
     p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
                    help="refuse a batch x patch whose estimated training memory exceeds this (default 8 GiB)")
     p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
@@ -91,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Only --out (and how/where it runs): the configuration comes from the checkpoint. Any other option: the
         # whole command is rebuilt below and must describe the run being resumed (train() names what differs).
         given = {d for d, default in args.option_defaults.items() if getattr(args, d, default) != default}
-        how = {"threads", "device", "data_dir", "checkpoint_every"}
+        how = {"threads", "device", "data_dir", "checkpoint_every", "compile"}
         if not given - how - {"out", "resume", "max_memory_gb"}:
             overrides = {k: getattr(args, k) for k in given & how}
             path = train(None, args.out, resume=True, overrides=overrides)
@@ -132,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch_size=args.patch_size, lr=args.lr, milestones=tuple(args.milestones), lr_decay=args.lr_decay,
         schedule=args.schedule,
         seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
-        data_dir=args.data_dir, init_from=init_path, sparsity=sparsity,
+        compile=args.compile, data_dir=args.data_dir, init_from=init_path, sparsity=sparsity,
         distill_from=str(hub.checkpoint_path(args.distill_from)) if args.distill_from else None,
         distill_weight=args.distill_weight if args.distill_from else 0.0,
     )
