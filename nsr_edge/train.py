@@ -195,9 +195,8 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _compiled(net: nn.Module, device: torch.device) -> nn.Module:
-    """``torch.compile`` (inductor) of the training network. On this project's CPU models it makes a step ~1.4x
-    cheaper (bench numbers in docs/training.md) after a minute or two of compiling, which the run's CPU seconds
-    include. Inductor compiles C++ on the CPU: it needs a compiler, checked here so the error is one line."""
+    """``torch.compile`` (inductor) of the training network. On this project's CPU models it makes a step 1.1-1.4x
+    cheaper (docs/train_speed.md) after under a minute of compiling, which the run's CPU seconds include. Inductor compiles C++ on the CPU: it needs a compiler, checked here so the error is one line."""
     if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
         raise UserError("--compile needs a C++ compiler for torch.compile on the CPU (apt-get install g++); "
                         "or train without --compile")
@@ -248,17 +247,29 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
     device = pick_device(cfg.device, dist_info.local_rank)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
+    # Weights --init-from could not give (another scale's output convs), kept in the provenance across resumes.
+    fresh: list[str] = list(ckpt.provenance.get("init_fresh", [])) if resume else []
     if cfg.init_from and not resume:
         init = load_checkpoint(cfg.init_from)
-        if init.config.to_dict() | {"routing": None} != cfg.model.to_dict() | {"routing": None}:
+        same = {"routing": None, "scale": None}  # routing options may change; the scale too (below)
+        if init.config.to_dict() | same != cfg.model.to_dict() | same:
             raise UserError(f"--init-from {cfg.init_from}: its architecture differs from the model being trained")
         # strict=False only for what routing options add or drop: a learnable temperature, or the second conv's
         # router when switching to block-level (shared) routing; nothing else may differ.
         state = dict(init.state_dict)
         if cfg.model.routing.shared and not init.config.routing.shared:
             state = {k: v for k, v in state.items() if not (".body.2.mlp." in k)}
+        if init.config.scale != cfg.model.scale:
+            # Another SR scale (EDSR's x2 pre-training for x3/x4): everything but the two output convs, whose
+            # channels are 3*scale^2, is the same network; those start from their initialisation.
+            if 1 in (init.config.scale, cfg.model.scale):
+                raise UserError(f"--init-from {cfg.init_from}: x{init.config.scale} -> x{cfg.model.scale}: only "
+                                "between SR scales (2..8) can the body be carried over")
+            own = model.state_dict()
+            fresh = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+            state = {k: v for k, v in state.items() if k not in fresh}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if [k for k in missing + unexpected if not k.endswith("log_temperature")]:
+        if [k for k in missing + unexpected if not k.endswith("log_temperature") and k not in fresh]:
             raise UserError(f"--init-from {cfg.init_from}: weights do not fit ({(missing + unexpected)[:3]})")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = _make_scheduler(cfg, optimizer)
@@ -317,6 +328,7 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike, resume: bool = Fa
             "train_cpu_seconds": round(cpu, 1),
             "threads": torch.get_num_threads(), "device": str(device), "sparsity": cfg.sparsity,
             "init_from": cfg.init_from, "compiled": cfg.compile,
+            **({"init_fresh": fresh} if fresh else {}),
             **({"distill_from": cfg.distill_from, "distill_weight": cfg.distill_weight} if cfg.distill_from else {}),
         }
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -372,3 +372,30 @@ def test_sigterm_stops_a_background_run_like_ctrl_c(tmp_path):
     assert "--resume" in lines[0] and "Traceback" not in err
     step = load_checkpoint(out / "last.pt").training["step"]
     assert step >= 5 and not (out / "model.pt").exists()
+
+
+def test_init_from_another_scale_carries_the_body_over(tmp_path):
+    """`--init-from X2 --scale 3` (EDSR's x2 pre-training for x3/x4): every weight but the two output convs comes from
+    the x2 model, those start fresh and are named in the provenance (kept across a resume); other architecture
+    options and non-SR scales are refused in one line."""
+    from helpers import one_line_error, tiny_checkpoint
+
+    x2 = tiny_checkpoint(tmp_path / "x2.pt", seed=3)
+    base = ["--steps", "1", "--patch-size", "16", "--batch-size", "2", "--threads", "1", "--dataset", "t91",
+            "--lr", "1e-9"]
+    r = run_cli("train", "--out", tmp_path / "x3", "--init-from", x2, "--scale", "3", *base)
+    assert r.returncode == 0, r.stderr[-800:]
+    src, got = load_checkpoint(x2), load_checkpoint(tmp_path / "x3" / "model.pt")
+    assert got.config.scale == 3 and got.provenance["task"]["scale"] == 3
+    fresh = got.provenance["init_fresh"]
+    last = f"body.{len(src.config.blocks * [0]) + 1}."  # the tail conv after the head and the blocks
+    assert sorted(fresh) == sorted(f"{m}{p}" for m in (last, "skip.0.") for p in ("weight_v", "weight_g", "bias"))
+    for k, v in src.state_dict.items():
+        if k not in fresh:  # one Adam step at lr 1e-9: the x2 weights, to rounding
+            assert torch.allclose(got.state_dict[k], v, atol=1e-6), k
+    assert got.state_dict["skip.0.weight_v"].shape[0] == 3 * 9
+    r = run_cli("train", "--out", tmp_path / "x3b", "--init-from", x2, "--scale", "3", "--blocks", "2", *base)
+    assert "only --scale may change" in one_line_error(r)
+    r = run_cli("train", "--out", tmp_path / "x1", "--init-from", x2, "--scale", "1", *base)
+    assert "only from an SR model to an SR model" in one_line_error(r)
+    assert not (tmp_path / "x3b").exists() and not (tmp_path / "x1").exists()

@@ -40,13 +40,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training step (a C++ compiler on the CPU): ~1.4x faster per step on CPU "
-                   "for the zoo models after 1-2 minutes of compiling; how it runs, not what it computes (a run may "
-                   "be resumed with or without it)")
+                   help="torch.compile the training step (needs a C++ compiler on the CPU): 1.1-1.4x fewer CPU seconds "
+                   "per step for the zoo's SR models (docs/train_speed.md) after under a minute of compiling; how it "
+                   "runs, not what it computes (a run may be resumed with or without it)")
     p.add_argument("--max-memory-gb", type=MAX_MEMORY_GB, default=8.0,
                    help="refuse a batch x patch whose estimated training memory exceeds this (default 8 GiB)")
     p.add_argument("--init-from", help="fine-tune: start from this zoo model or checkpoint (its architecture and "
-                   "task), e.g. with --routing straight_through to make a soft-routed model hard")
+                   "task), e.g. with --routing straight_through to make a soft-routed model hard; with --scale S "
+                   "an SR model of another scale starts from its body (x2 pre-training for x3/x4: the two output "
+                   "convs start fresh)")
     p.add_argument("--distill-from", help="teacher: a trained zoo model or checkpoint of the same task and scale "
                    "(e.g. the soft-routed model a hard-routed fine-tune starts from); adds --distill-weight x "
                    "L1(output, teacher output) to the loss")
@@ -106,9 +108,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Fine-tune mode: architecture and task come from the starting model; routing options may change
         # (e.g. a straight-through fine-tune that makes a soft-routed model hard).
         start = hub.resolve(args.init_from, require_trained=True)
-        if any(v is not None for v in architecture_overrides(args).values()):
-            raise UserError("--init-from fixes the architecture; drop the architecture options")
+        arch = architecture_overrides(args)
+        if any(v is not None for k, v in arch.items() if k != "scale"):
+            raise UserError("--init-from fixes the architecture (only --scale may change: an SR model of another "
+                            "scale); drop the other architecture options")
         config, init_task = start.config, start.checkpoint.provenance.get("task")
+        if arch["scale"] is not None and arch["scale"] != config.scale:
+            # x2 -> x3/x4 (EDSR's pre-training): the body carries over, the output convs start fresh (train.py)
+            if config.scale == 1 or arch["scale"] == 1 or (init_task or {}).get("name", "sr") != "sr":
+                raise UserError(f"--scale {arch['scale']} with --init-from {args.init_from}: another scale is "
+                                "possible only from an SR model to an SR model")
+            config = config.with_(scale=arch["scale"])
+            init_task = {**init_task, "scale": arch["scale"]} if init_task else None
         init_path = str(hub.checkpoint_path(args.init_from))
     else:
         resolved = hub.resolve(args.model, architecture_overrides(args))
