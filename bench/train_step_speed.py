@@ -5,8 +5,8 @@
 The step is the one `nsr-edge train` runs (L1 loss, backward, Adam) on the long runs' batch (16 x 48 px, SR x2),
 1 thread. Eager and compiled copies of each model are timed in interleaved rounds (process CPU time per step, so
 other load on a shared machine costs less than wall time would); the compile itself is timed once, with an empty
-inductor cache (a temporary TORCHINDUCTOR_CACHE_DIR: what a fresh machine pays; a rerun on the same machine reuses
-~/tmp caches and compiles faster). Random inputs: the cost of a step does not depend on the pixels.
+inductor cache (a temporary TORCHINDUCTOR_CACHE_DIR: what a fresh machine pays; without it, a rerun
+reuses inductor's cache under /tmp and compiles faster). Random inputs: the cost of a step does not depend on the pixels.
 """
 
 from __future__ import annotations

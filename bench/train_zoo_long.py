@@ -11,8 +11,12 @@ in one line instead of silently training something else). Console output is appe
 loss per 50 steps is in runs/zoo_long/<id>/log.jsonl, CPU seconds so far in the checkpoint's provenance.
 
 Budget: the zoo model's own training (5,000 steps of 16 x 32 px, ~16 CPU-minutes) plus LONG_STEPS steps of 16 x 48 px
-(about 0.4 s per step on one core of this machine: ~1.7 CPU-hours), Adam restarted at 5e-4 with a cosine decay to 0.
+(about 0.3 s per step on one core of this machine: ~1.3 CPU-hours), Adam restarted at 5e-4 with a cosine decay to 0.
 The dense baselines get the same continuation (same steps, patches and schedule) before a comparison is published.
+
+x3 and x4 start from the finished x2 run of the same kind (`--init-from runs/zoo_long/<x2 id>/model.pt --scale S`:
+the body carries over, the output convs start fresh; EDSR pre-trains x3/x4 at x2 the same way), then SCALE_STEPS
+steps at their own scale with the same recipe: their budget is the x2 model's plus these steps.
 """
 
 from __future__ import annotations
@@ -26,16 +30,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "zoo_long"
 LONG_STEPS = 15000
+SCALE_STEPS = 10000  # x3/x4, after the x2 body
 RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", "threads": 1, "checkpoint_every": 200}
 # Which zoo models can be continued: every SR model and its two dense baselines (same recipe: a fair comparison).
 JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
         for kind, suffix in (("nsr", ""), ("dense", "_eqmacs"), ("dense", "_eqparams"))]
 
 
+def x2_counterpart(zoo_id: str) -> str | None:
+    """The x2 job an x3/x4 job starts from (same kind), None for an x2 job."""
+    for s in (3, 4):
+        if f"_sr_x{s}" in zoo_id:
+            return zoo_id.replace(f"_sr_x{s}", "_sr_x2")
+    return None
+
+
+def steps_of(zoo_id: str) -> int:
+    return SCALE_STEPS if x2_counterpart(zoo_id) else LONG_STEPS
+
+
 def init_source(zoo_id: str) -> str:
     """The first stage a continuation starts from: the zoo model while the zoo still holds its first stage; once the
     continued model is published (its card lists `training_stages`), the first stage as bench/train_zoo.py reproduces
     it (runs/zoo/<id>/model.pt), so that rerunning this job never continues an already continued model."""
+    x2 = x2_counterpart(zoo_id)
+    if x2:
+        return str(RUNS / x2 / "model.pt")
     card = ROOT / "zoo" / zoo_id / "card.json"
     if card.is_file() and "training_stages" not in json.loads(card.read_text()):
         return zoo_id
@@ -45,7 +65,9 @@ def init_source(zoo_id: str) -> str:
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
-            "--init-from", init_source(zoo_id), "--steps", str(LONG_STEPS), "--batch-size", str(r["batch_size"]),
+            "--init-from", init_source(zoo_id),
+            *(["--scale", zoo_id.split("_sr_x")[1][0]] if x2_counterpart(zoo_id) else []),
+            "--steps", str(steps_of(zoo_id)), "--batch-size", str(r["batch_size"]),
             "--patch-size", str(r["patch_size"]), "--lr", str(r["lr"]), "--schedule", r["schedule"],
             "--threads", str(r["threads"]), "--checkpoint-every", str(r["checkpoint_every"])]
 
@@ -55,6 +77,9 @@ def run(zoo_id: str, compile_step: bool = False) -> int:
     cmd = command(zoo_id) + (["--compile"] if compile_step else [])  # how it runs: a run may switch on resume
     if (out / "last.pt").is_file() or (out / "prev.pt").is_file():
         cmd.append("--resume")  # same options: nsr-edge refuses in one line if they are not the run's
+    elif x2_counterpart(zoo_id) and not Path(init_source(zoo_id)).is_file():
+        raise SystemExit(f"{zoo_id}: starts from the finished x2 run {init_source(zoo_id)}: run "
+                         f"bench/train_zoo_long.py {x2_counterpart(zoo_id)} to its end first")
     elif init_source(zoo_id) != zoo_id and not Path(init_source(zoo_id)).is_file():
         raise SystemExit(f"{zoo_id}: the zoo holds its continued model; reproduce its first stage first "
                          f"(.venv/bin/python bench/train_zoo.py --only {zoo_id})")
@@ -78,7 +103,7 @@ def evaluate(zoo_id: str, sets: list[str]) -> int:
         print(r.stderr.strip(), file=sys.stderr)
         return r.returncode
     results = json.loads(r.stdout)["results"]
-    row = {"id": zoo_id, "step": prov["steps"], "of": LONG_STEPS, "wall_seconds": prov["train_seconds"],
+    row = {"id": zoo_id, "step": prov["steps"], "of": steps_of(zoo_id), "wall_seconds": prov["train_seconds"],
            "cpu_seconds": prov.get("train_cpu_seconds"),
            "results": {x["dataset"]: [x["psnr_y"], x["ssim_y"]] for x in results}}
     print(json.dumps(row))
@@ -94,7 +119,7 @@ def main() -> int:
     ap.add_argument("--sets", nargs="*", default=["set5"])
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--compile", action="store_true",
-                    help="train with `nsr-edge train --compile` (torch.compile: ~1.4x fewer CPU seconds per step)")
+                    help="train with `nsr-edge train --compile` (torch.compile: 1.1-1.4x fewer CPU seconds per step, docs/train_speed.md)")
     args = ap.parse_args()
     if args.list or not args.id:
         for j in JOBS:

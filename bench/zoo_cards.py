@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
-from train_zoo_long import LONG_STEPS, RUNS as LONG_RUNS, command as long_command  # noqa: E402
+from train_zoo_long import RUNS as LONG_RUNS, command as long_command, steps_of, x2_counterpart  # noqa: E402
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -117,26 +117,44 @@ def _stage(kind: str, command: str, training: dict, cpu_seconds: float | None, *
             **{k: training.get(k) for k in ("steps", "batch_size", "patch_size", "train_seconds", "threads")}, **extra}
 
 
-def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
-    """Publish a finished continuation (bench/train_zoo_long.py) over its first stage; the card keeps both stages."""
-    card_path = ZOO_DIR / job.id / "card.json"
-    old = json.loads(card_path.read_text())
-    first = (old.get("training_stages") or [_stage(
+def earlier_stages(job) -> list[dict]:
+    """What a long run started from: for an x2 continuation the zoo model's own training (its card, before the
+    continuation replaces it); for x3/x4 every stage of the published x2 model of the same kind."""
+    x2 = x2_counterpart(job.id)
+    if x2:
+        card = json.loads((ZOO_DIR / x2 / "card.json").read_text())
+        if "training_stages" not in card:
+            raise SystemExit(f"{job.id}: starts from the x2 continuation: publish {x2} first (--from-long --only {x2})")
+        return [{**st, "model": x2} for st in card["training_stages"]]
+    old = json.loads((ZOO_DIR / job.id / "card.json").read_text())
+    return (old.get("training_stages") or [_stage(
         "zoo", old["train_command"], old["training"], old["training"].get("train_cpu_seconds"), sha256=old["sha256"],
         note="published as zoo/<id> until the continuation replaced it (git history); CPU time not recorded by "
-             "this run: its wall time at 1 thread is counted")])[0]
-    # The continuation as it is reproduced once the zoo holds it: from the first stage bench/train_zoo.py retrains.
+             "this run: its wall time at 1 thread is counted")])[:1]
+
+
+def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
+    """Publish a finished bench/train_zoo_long.py run; the card lists every stage of its training budget."""
+    card_path = ZOO_DIR / job.id / "card.json"
+    replaced_sha256 = json.loads(card_path.read_text())["sha256"]  # what fine-tunes of the old zoo model started from
+    before = earlier_stages(job)
+    # The run as it is reproduced once the zoo holds it: an x2 continuation from the first stage that
+    # bench/train_zoo.py retrains; x3/x4 from the x2 run's model.
     cmd = long_command(job.id)[3:]
-    cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{job.id}/model.pt"
-    second = _stage("continuation", "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
-                    ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
-                    reproduce=f".venv/bin/python bench/train_zoo_long.py {job.id}")
+    if not x2_counterpart(job.id):
+        cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{job.id}/model.pt"
+    last = _stage("continuation" if not x2_counterpart(job.id) else f"x{ckpt.config.scale} from the x2 body",
+                  "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
+                  ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
+                  reproduce=f".venv/bin/python bench/train_zoo_long.py {job.id}",
+                  **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
     card = publish(job, ckpt, results)
-    card["training"]["init_from"] = f"zoo/{job.id}/model.pt as first published (training_stages[0])"
-    card["training_stages"] = [first, second]
-    card["train_command"] = f"{first['command']} && {second['command']}"
+    card["training"]["init_from"] = (f"zoo/{job.id}/model.pt as first published (training_stages[0])"
+                                     if not x2_counterpart(job.id) else f"zoo/{x2_counterpart(job.id)}/model.pt")
+    card["training_stages"] = [*before, last]
+    card["train_command"] = " && ".join(st["command"] for st in card["training_stages"])
     card_path.write_text(json.dumps(card, indent=2) + "\n")
-    _pin_fine_tunes(job.id, first["sha256"])
+    _pin_fine_tunes(job.id, replaced_sha256)
     return card
 
 
@@ -239,9 +257,9 @@ def reevaluate(zoo_id: str) -> dict | None:
 def publish_continuation(job) -> dict | None:
     run = LONG_RUNS / job.id / "last.pt"
     ckpt = load_checkpoint(run) if run.is_file() else None
-    if ckpt is None or ckpt.provenance.get("steps") != LONG_STEPS:
-        raise SystemExit(f"{job.id}: {run.relative_to(ROOT)} is not a finished continuation "
-                         f"({ckpt.provenance.get('steps') if ckpt else 0} of {LONG_STEPS} steps)")
+    if ckpt is None or ckpt.provenance.get("steps") != steps_of(job.id):
+        raise SystemExit(f"{job.id}: {run.relative_to(ROOT)} is not a finished run "
+                         f"({ckpt.provenance.get('steps') if ckpt else 0} of {steps_of(job.id)} steps)")
     results = evaluate_checkpoint(job.id, ckpt)
     card = publish_long(job, ckpt, results)
     print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)
