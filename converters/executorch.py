@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections import Counter
 from typing import Any, Callable
 
@@ -145,8 +146,11 @@ class ExecuTorchTarget:
             raise UserError("target executorch --strategy hard writes one tile size per artifact (no --extra-tiles)")
         x = examples[0]
         plan = build_plan(model, target="target executorch --strategy hard",
-                          dense_hint="convert dense models with --strategy output-mix")
+                          dense_hint="convert dense models with --strategy output-mix",
+                          output_layout="contiguous")  # the tail writes NCHW inside its delegate: no layout copy
         modules, notes, extra = plan.programs, list(plan.notes), {}
+        for n in plan.notes:  # e.g. soft routing made hard: said on stderr too, as executorch-dispatch does
+            print(f"executorch --strategy hard: warning: {n}", file=sys.stderr)
         if context.recipe.quantized:
             if context.calibration_tiles is None or not len(context.calibration_tiles):
                 raise UserError("target executorch --strategy hard: int8 recipes need calibration tiles")
@@ -159,21 +163,34 @@ class ExecuTorchTarget:
         edge, et = lower_with_control_flow(composite, x)
         method = delegation_of(edge, "forward", list(x.shape), out_shape,
                                lambda n: _default_reason(_op_name(n), context.recipe.quantized))
-        stray = {f.op: f.count for f in method.fallbacks if f.op not in _ROUTING_OPS}
-        if "convolution" in stray:
-            raise UserError(f"target executorch --strategy hard: {stray['convolution']} convolution(s) did not "
-                            "delegate to XNNPACK inside the routing branches (they would run ~100x slower in portable "
-                            "kernels); not writing the artifact")
+        warning = portable_ops_verdict("target executorch --strategy hard", method.fallbacks, _ROUTING_OPS)
         routed = sum(1 for st in plan.stages if len(st["methods"]) > 1)
         extra.setdefault("in_program_routing", {}).update(
             {"banks": plan.banks, "mode": plan.mode, "routed_stages": routed, "programs": len(modules),
              "routing": "argmax over each routed stage's k logits (first index on ties) inside the program; "
                         "torch.cond picks the bank's delegated branch"})
         notes.append(f"hard routing inside one forward: {routed} routed stages x {plan.banks} banks as torch.cond "
-                     f"branches, {method.partitions} XNNPACK partitions; only the routing decision runs outside")
-        if stray:
-            notes.append("ops outside XNNPACK besides routing: " + ", ".join(f"{k} x{v}" for k, v in stray.items()))
+                     f"branches, {method.partitions} XNNPACK partitions"
+                     + ("" if warning else "; only the routing decision runs outside"))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+            notes.append(warning)
         return LoweringResult({self.capabilities.artifact: et.buffer}, [method], "XNNPACK", notes, extra=extra)
+
+
+def portable_ops_verdict(target: str, fallbacks: list[Fallback], expected: set[str] | frozenset[str] = frozenset()
+                         ) -> str | None:
+    """What a routed program's ops outside XNNPACK mean for shipping it: a `UserError` (nothing written) when a
+    convolution stayed outside (portable kernels, ~100x slower: field notes), else a one-line warning with the count
+    of every other op outside besides ``expected`` (the routing decision), or None when there is none."""
+    stray = {f.op: f.count for f in fallbacks if f.op not in expected}
+    if stray.get("convolution"):
+        raise UserError(f"{target}: {stray['convolution']} convolution(s) did not delegate to XNNPACK (they would run "
+                        "~100x slower in portable kernels); not writing the artifact")
+    if not stray:
+        return None
+    return (f"{target}: {sum(stray.values())} op(s) outside XNNPACK run in portable kernels: "
+            + ", ".join(f"{k} x{v}" for k, v in stray.items()))
 
 
 def _hard_routed(model: Any) -> bool:

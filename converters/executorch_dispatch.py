@@ -86,25 +86,36 @@ def _modules():  # torch imported lazily: the registry imports this module only 
             y = _nhwc(self.conv1(F.relu(self.conv0(x))) + x)
             return (y, _logits(self.router, y)) if self.router is not None else (y,)
 
+    def _shuffled(shuf: nn.Module, y: torch.Tensor, layout: str | None) -> torch.Tensor:
+        # y is channels-last. ``layout`` None: pixel shuffle as is; it restores y's layout with a ``_clone_dim_order``
+        # that XNNPACK does not take (it changes the dim order), so it runs in portable kernels. Otherwise the layout
+        # changes are written as ``.to(memory_format=...)`` (``_to_dim_order_copy``), which XNNPACK takes into the
+        # delegate: NCHW before the shuffle, and back to channels-last after it for ``channels_last``.
+        if layout is None:
+            return shuf(y)
+        out = shuf(y.to(memory_format=torch.contiguous_format))
+        return out.to(memory_format=torch.channels_last) if layout == "channels_last" else out
+
     class Tail(nn.Module):
-        def __init__(self, last: nn.Module, skip: nn.Module, shuf: nn.Module) -> None:
+        def __init__(self, last: nn.Module, skip: nn.Module, shuf: nn.Module, layout: str | None = None) -> None:
             super().__init__()
-            self.last, self.skip, self.shuf = last, skip, shuf
+            self.last, self.skip, self.shuf, self.layout = last, skip, shuf, layout
 
         def forward(self, x: torch.Tensor, t: torch.Tensor):
-            return (self.shuf(self.last(x) + self.skip(t - 0.5) + 0.5),)  # +0.5 first (the shuffle permutes): one delegate
+            # +0.5 first (the shuffle permutes): one delegate
+            return (_shuffled(self.shuf, self.last(x) + self.skip(t - 0.5) + 0.5, self.layout),)
 
     class WithTail(nn.Module):
         """The last routed program with the tail fused in (one call fewer per tile): ``(*inputs, t) -> output``."""
 
         def __init__(self, body: nn.Module, tail: Tail) -> None:
             super().__init__()
-            self.body, self.last, self.skip, self.shuf = body, tail.last, tail.skip, tail.shuf
+            self.body, self.last, self.skip, self.shuf, self.layout = body, tail.last, tail.skip, tail.shuf, tail.layout
 
         def forward(self, *args: torch.Tensor):
             *inputs, t = args
             x = self.body(*inputs)[0]
-            return (self.shuf(self.last(x) + self.skip(t - 0.5) + 0.5),)  # +0.5 first (the shuffle permutes): one delegate
+            return (_shuffled(self.shuf, self.last(x) + self.skip(t - 0.5) + 0.5, self.layout),)
 
     def _logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return router(x)
@@ -161,12 +172,14 @@ def _bank_conv(sparse: Any, i: int):
 
 
 def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True,
-               target: str = "target executorch-dispatch", dense_hint: str = "use --target executorch for dense models"
-               ) -> DispatchPlan:
+               target: str = "target executorch-dispatch", dense_hint: str = "use --target executorch for dense models",
+               output_layout: str | None = None) -> DispatchPlan:
     """Split a deploy-form WDSR-NSR (`nsr_edge.deploy.to_deploy`, any strategy: heads and banks are the same) into
     dispatch programs. ``mode`` None: ``block`` for shared-routing models, else ``layer``. ``fuse_tail``: the tail runs
     inside the last routed stage's programs (k copies of its small convs, one call fewer per tile). ``target`` and
-    ``dense_hint`` word the refusals for the target that asks."""
+    ``dense_hint`` word the refusals for the target that asks. ``output_layout``: the layout of ``output`` written
+    with conversions XNNPACK delegates (``channels_last``: the plan's ``LAYOUT``; ``contiguous``: NCHW, for the
+    in-program form whose output is the method's); None: pixel shuffle's own (LiteRT)."""
     import copy
 
     from torch import nn
@@ -184,6 +197,8 @@ def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True,
                         f"has d={config.cardinality}: it would need {config.banks}^{config.cardinality} programs per layer")
     shared = config.routing.shared
     mode = mode or ("block" if shared else "layer")
+    if output_layout not in (None, "channels_last", "contiguous"):
+        raise ValueError(f"output_layout must be None, 'channels_last' or 'contiguous', not {output_layout!r}")
     if mode not in MODES:
         raise UserError(f"dispatch mode must be one of {', '.join(MODES)}")
     if mode == "block" and not shared:
@@ -225,7 +240,7 @@ def build_plan(deploy: Any, mode: str | None = None, fuse_tail: bool = True,
         stages.append({"name": f"block{b}.conv1", "methods": names1, "inputs": ["h", "x"], "route": "logits",
                        "outputs": ["x", "logits"] if nxt is not None else ["x"]})
     skip = copy.deepcopy(deploy.skip) if len(deploy.skip) else nn.Identity()
-    tail = Tail(copy.deepcopy(last), skip, copy.deepcopy(deploy.shuf))
+    tail = Tail(copy.deepcopy(last), skip, copy.deepcopy(deploy.shuf), output_layout)
     if fuse_tail and blocks:
         final = stages[-1]  # the last block's (last conv's) stage: its programs end in the tail
         for n in final["methods"]:
@@ -388,7 +403,9 @@ def program_examples(plan: DispatchPlan, tile: Any) -> dict[str, tuple]:
 def dispatch_artifact(deploy: Any, example: Any, recipe: Recipe, tiles: Any = None, mode: str | None = None,
                       fuse_tail: bool = True) -> tuple[bytes, dict[str, Any], list[LoweredMethod], list[str]]:
     """Plan -> (quantize) -> one .pte. Returns (pte bytes, the card's dispatch section, methods, notes)."""
-    plan = build_plan(deploy, mode, fuse_tail)
+    # The tail's layout changes written so that XNNPACK takes them: no portable copy of the output (the card's
+    # channels-last contract kept).
+    plan = build_plan(deploy, mode, fuse_tail, output_layout=LAYOUT)
     modules, card = plan.programs, plan.card()
     if recipe.quantized:
         if tiles is None or not len(tiles):
@@ -460,6 +477,12 @@ class ExecuTorchDispatchTarget:
         for n in notes:
             print(f"executorch-dispatch: warning: {n}", file=sys.stderr)
         fwd = forward_method(x, model, methods)  # "forward" is the orchestrated whole network; the programs: the card
+        from .executorch import portable_ops_verdict
+
+        warning = portable_ops_verdict("target executorch-dispatch", fwd.fallbacks)  # summed over the programs
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+            notes = notes + [warning]
         notes = notes + [f"{len(methods)} programs in one .pte, {dispatch['calls_per_tile']} calls per tile "
                          f"({dispatch['mode']} dispatch); forward is the host orchestration in the card"]
         return LoweringResult({self.capabilities.artifact: pte}, [fwd], "XNNPACK", notes, extra={"dispatch": dispatch})

@@ -80,7 +80,10 @@ def test_card_says_everything_but_routing_is_delegated(fp32):
     card = fp32["card"]
     assert card["runner"] == "executorch" and card["strategy"] == "hard"
     fallbacks = {f["op"] for f in card["delegation"]["methods"]["forward"]["fallbacks"]}
-    assert "convolution" not in fallbacks and fallbacks <= {"argmax", "lt.Scalar_out", "_clone_dim_order"}
+    # No layout copy outside XNNPACK (there were three per tile: the tile to channels-last, and the output to
+    # channels-last in the tail branch and back at the top): only the routing decision runs in portable kernels.
+    assert fallbacks <= {"argmax", "lt.Scalar_out"}, fallbacks
+    assert not any(n.startswith("warning") for n in card["delegation"]["notes"])
     info = card["target_extra"]["in_program_routing"]
     assert info["banks"] == 3 and info["mode"] == "layer" and info["routed_stages"] == 4
     assert "dispatch" not in card["target_extra"], "one forward: no host orchestration for runners or apps"
@@ -125,3 +128,53 @@ def test_requests_it_cannot_serve_are_refused(tmp_path):
         convert(ConvertOptions(str(d_ckpt), target="executorch", strategy="hard", tile=TILE, progress=False),
                 str(tmp_path / "c"))
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_no_layout_copy_outside_the_delegates_in_the_lowered_program():
+    """The lowered graph itself (top level and every branch): the tile's layout change and the tail's NCHW output are
+    ``_to_dim_order_copy`` inside XNNPACK; no ``_clone_dim_order`` is left to the portable kernels."""
+    from nsr_edge.converters.control_flow import control_flow_modules, lower_with_control_flow
+    from nsr_edge.converters.executorch import _op_name
+
+    plan = build_plan(to_deploy(_model(SHARED), "hard"), output_layout="contiguous")
+    x = torch.from_numpy(helpers.real_tiles(TILE, 1))
+    edge, _ = lower_with_control_flow(compose_plan(plan.programs, plan.stages), x)
+    outside = [_op_name(n) for gm in control_flow_modules(edge.exported_program().graph_module)
+               for n in gm.graph.nodes if n.op == "call_function"]
+    assert not [op for op in outside if "dim_order" in op or op in ("clone", "permute_copy")], outside
+
+
+def test_cardinality_above_one_is_refused_before_any_work(tmp_path):
+    cfg = SHARED.with_(cardinality=2)
+    ckpt = tmp_path / "d2.pt"
+    save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), {"task": TaskSpec("sr", scale=2).to_dict()}), ckpt)
+    with pytest.raises(UserError, match="cardinality d=1"):
+        convert(ConvertOptions(str(ckpt), target="executorch", strategy="hard", tile=TILE, progress=False),
+                str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+
+
+def test_undelegated_branches_are_refused_and_soft_routing_warned(tmp_path, monkeypatch, capsys):
+    """A program whose branch convs did not delegate is never written (it would run ~100x slower): here the branch
+    constants are not inlined, so XNNPACK refuses the branch convs. The model routes with softmax: making it hard
+    changes its output, which is said on stderr before any lowering."""
+    from nsr_edge.converters import control_flow
+
+    soft = SHARED.with_(routing=RoutingConfig(kind="softmax", shared=True))
+    monkeypatch.setattr(control_flow, "inline_branch_constants", lambda program: 0)
+    with pytest.raises(UserError, match=r"\d+ convolution\(s\) did not delegate"):
+        _convert(tmp_path, soft)
+    assert "softmax (soft) routing" in capsys.readouterr().err
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_portable_ops_verdict():
+    from nsr_edge.converters.base import Fallback
+    from nsr_edge.converters.executorch import portable_ops_verdict
+
+    routing = {"argmax", "lt.Scalar_out"}
+    assert portable_ops_verdict("t", [Fallback("argmax", 6, ""), Fallback("lt.Scalar_out", 18, "")], routing) is None
+    warning = portable_ops_verdict("t", [Fallback("argmax", 6, ""), Fallback("_clone_dim_order", 3, "")], routing)
+    assert warning == "t: 3 op(s) outside XNNPACK run in portable kernels: _clone_dim_order x3"
+    with pytest.raises(UserError, match="t: 4 convolution"):
+        portable_ops_verdict("t", [Fallback("convolution", 4, "")], routing)
