@@ -4,6 +4,9 @@ through the deploy tiling, each artifact run by its real runner in a child proce
 
     .venv/bin/python bench/dispatch.py [--tile 64] [--sets set5 set14 bsd100] [--rounds 15] [--out docs/dispatch_bench.md]
 
+Timing through `bench/quiet_run.sh ... --own-autogroup`; accuracy outside it (`--psnr-only` before, or
+`--report-only` after: the table from the saved timing with the accuracy of more sets).
+
 Artifacts are converted with `nsr-edge convert`'s pipeline (cached in --work: delete a folder to convert it again).
 """
 
@@ -117,6 +120,9 @@ def main() -> int:
                     help="convert and validate (cached per artifact in bench_psnr.json), no timing: run this outside "
                          "bench/quiet_run.sh, then the timing run inside it reads the cache")
     ap.add_argument("--convert-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no timing: the table from the last timed run's latency.json in --work (its command, load and "
+                         "rounds stated), with the accuracy of --sets (validated first where not cached)")
     ap.add_argument("--own-autogroup", action="store_true",
                     help="time in a new scheduler autogroup at nice -20 (other sessions' nice-19 jobs then yield)")
     ap.add_argument("--only", nargs="*", help="substrings of variant names")
@@ -138,13 +144,22 @@ def main() -> int:
         folders[name] = folder
     if args.convert_only:
         return 0
-    if args.own_autogroup and not args.psnr_only:
+    if args.own_autogroup and not args.psnr_only and not args.report_only:
         own_autogroup()
 
     # ---------------------------------------------------------------- latency: interleaved rounds, one process each
-    if not args.psnr_only:
+    timed_by = f"bench/dispatch.py {shlex.join(sys.argv[1:])}"
+    rounds, runs_per_round, sched = args.rounds, args.runs_per_round, sched_note()
+    if args.report_only:  # the last timed run, as it was recorded
+        saved = json.loads((work / "latency.json").read_text())
+        lat = {n: v for n, v in saved["latency"].items() if n in folders}
+        (load_before, load_after), timed_by = saved["load"], saved["command"]
+        rounds, runs_per_round, sched = saved["rounds"], saved["runs_per_round"], saved["sched"]
+    elif not args.psnr_only:
         lat, load_before, load_after = time_interleaved(folders, args.rounds, args.runs_per_round)
-        (work / "latency.json").write_text(json.dumps({"latency": lat, "load": [load_before, load_after]}, indent=1))
+        (work / "latency.json").write_text(json.dumps(
+            {"latency": lat, "load": [load_before, load_after], "command": timed_by, "rounds": rounds,
+             "runs_per_round": runs_per_round, "sched": sched}, indent=1))
 
     # ---------------------------------------------------------------- accuracy: each set through the deploy tiling
     psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
@@ -182,11 +197,13 @@ def main() -> int:
     versions = {d: metadata.version(d) for d in ("torch", "executorch", "torchao", "numpy")}
     lines = [
         f"# Whole-model NSR on ExecuTorch/XNNPACK (SR x2, tile {args.tile}, 1 thread)", "",
-        f"Produced by `bench/dispatch.py {shlex.join(sys.argv[1:])}` on {platform.machine()} "
-        f"({os.cpu_count()} cores), Python {platform.python_version()}, "
+        f"Produced by `{timed_by}`"
+        + (f" (timing), then `bench/dispatch.py {shlex.join(sys.argv[1:])}` (this table: accuracy of the same "
+           "artifacts, no timing)" if args.report_only else "")
+        + f" on {platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds{sched_note()}. "
-        f"{args.rounds} interleaved rounds x {args.runs_per_round} runs per variant, one child process per artifact, "
+        f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds{sched}. "
+        f"{rounds} interleaved rounds x {runs_per_round} runs per variant, one child process per artifact, "
         f"one {args.tile} px tile per run (dispatch: the whole host orchestration). Speed-ups are eqP (or eqM) time / "
         "variant time, by the min over all runs (the uncontended cost on a shared machine); medians are listed.",
         f"Accuracy: Y-PSNR through the deploy tiling ({args.tile} px tiles), each artifact run by its runtime; "

@@ -148,6 +148,13 @@ class ExecuTorchTarget:
         plan = build_plan(model, target="target executorch --strategy hard",
                           dense_hint="convert dense models with --strategy output-mix",
                           output_layout="contiguous")  # the tail writes NCHW inside its delegate: no layout copy
+        if plan.mode != "block":
+            # Measured, not a design limit: every per-layer-routed composite we lowered (1-2 blocks, k = 2-3, 24 and
+            # 64 px tiles; the code before the layout change too) crashes ExecuTorch 1.5.1 in load_method (SIGSEGV
+            # or SIGBUS in the branch delegates' init; without XNNPACK the same graph loads). Never ship that.
+            raise UserError("target executorch --strategy hard: per-layer routing (each conv routed on its own input) "
+                            "lowers to a program that crashes ExecuTorch 1.5.1 on load; use --target "
+                            "executorch-dispatch, or a shared-routing model (--shared-routing: one program per block)")
         modules, notes, extra = plan.programs, list(plan.notes), {}
         for n in plan.notes:  # e.g. soft routing made hard: said on stderr too, as executorch-dispatch does
             print(f"executorch --strategy hard: warning: {n}", file=sys.stderr)

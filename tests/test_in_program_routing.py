@@ -1,9 +1,10 @@
 """``--target executorch --strategy hard``: hard routing inside ONE program (torch.cond over delegated bank branches).
 
 Real lowering and the real ExecuTorch runtime on tiny straight-through models: the artifact equals the PyTorch hard
-deploy form on real tiles (layer routing, 2 blocks, k=3: a non-power-of-two cond tree), every conv runs inside
+deploy form on real tiles (shared routing, 2 blocks, k=3: a non-power-of-two cond tree), every conv runs inside
 XNNPACK (the branch-constant pass is what makes it so: without it the branch convs stay portable), INT8 stays close,
-and requests the strategy cannot serve are refused in one line.
+and requests the strategy cannot serve are refused in one line (per-layer routing among them: its programs crash
+ExecuTorch 1.5.1 on load, docs/dispatch.md).
 """
 
 import helpers
@@ -25,6 +26,8 @@ from nsr_edge.runtime.tasks import TaskSpec
 TILE = 24
 LAYER = ModelConfig("wdsr_nsr", 2, 3, blocks=2, width=8, width_multiplier=2.0, banks=3, cardinality=1,
                     routing=RoutingConfig(kind="straight_through"))
+BLOCKS3 = ModelConfig("wdsr_nsr", 2, 3, blocks=2, width=8, width_multiplier=2.0, banks=3, cardinality=1,
+                      routing=RoutingConfig(kind="straight_through", shared=True))
 SHARED = ModelConfig("wdsr_nsr", 2, 3, blocks=1, width=8, width_multiplier=2.0, banks=2, cardinality=1,
                      routing=RoutingConfig(kind="straight_through", shared=True))
 
@@ -52,7 +55,7 @@ def _run(out, tiles):
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    return _convert(tmp_path_factory.mktemp("cond"), LAYER)
+    return _convert(tmp_path_factory.mktemp("cond"), BLOCKS3)
 
 
 def test_select_branch_picks_the_indexed_function():
@@ -85,7 +88,7 @@ def test_card_says_everything_but_routing_is_delegated(fp32):
     assert fallbacks <= {"argmax", "lt.Scalar_out"}, fallbacks
     assert not any(n.startswith("warning") for n in card["delegation"]["notes"])
     info = card["target_extra"]["in_program_routing"]
-    assert info["banks"] == 3 and info["mode"] == "layer" and info["routed_stages"] == 4
+    assert info["banks"] == 3 and info["mode"] == "block" and info["routed_stages"] == 2
     assert "dispatch" not in card["target_extra"], "one forward: no host orchestration for runners or apps"
 
 
@@ -142,6 +145,12 @@ def test_no_layout_copy_outside_the_delegates_in_the_lowered_program():
     outside = [_op_name(n) for gm in control_flow_modules(edge.exported_program().graph_module)
                for n in gm.graph.nodes if n.op == "call_function"]
     assert not [op for op in outside if "dim_order" in op or op in ("clone", "permute_copy")], outside
+
+
+def test_per_layer_routing_is_refused(tmp_path):
+    with pytest.raises(UserError, match="per-layer routing .* crashes ExecuTorch 1.5.1 on load"):
+        _convert(tmp_path, LAYER)
+    assert not (tmp_path / "artifact").exists()
 
 
 def test_cardinality_above_one_is_refused_before_any_work(tmp_path):
