@@ -193,8 +193,25 @@ def cmd_train(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+def wait_for_quiet() -> None:
+    """Wait while another helper's bench/quiet_run.sh holds the timing lock: it pauses training runs only, so an
+    evaluation or conversion started now would run inside its timed rounds."""
+    path = os.environ.get("NSR_EDGE_TIMING_LOCK", "/tmp/nsr-edge-timing.lock")
+    with open(path, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(5)
+                continue
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return
+
+
 def cpu_seconds(r: Recipe) -> dict[str, float]:
-    return {ph.name: front._provenance(phase_dir(r, ph) / "model.pt")["train_cpu_seconds"] for ph in r.phases}
+    """CPU seconds per trained phase, from the checkpoints."""
+    return {ph.name: front._provenance(phase_dir(r, ph) / "model.pt")["train_cpu_seconds"] for ph in r.phases
+            if (phase_dir(r, ph) / "model.pt").is_file()}
 
 
 def eval_phase(r: Recipe, ph: Phase, form: str) -> dict[str, float]:
@@ -240,14 +257,15 @@ def cmd_eval(args) -> int:
 
     torch.set_num_threads(1)
     for r in RECIPES:
-        if not done(r):
-            print(f"{r.name}: not trained yet", flush=True)
-            continue
         path = RUNS / r.name / "eval.json"
         ev = front._json(path)
         for ph, form in forms(r):
+            if not (phase_dir(r, ph) / "model.pt").is_file():  # evaluates what is trained so far; rerun for more
+                print(f"{r.name}/{ph.name}: not trained yet", flush=True)
+                continue
             key = f"{ph.name}/{form}"
             if key not in ev:
+                wait_for_quiet()
                 ev[key] = eval_phase(r, ph, form)
                 front._write_json(path, ev)
                 print(r.name, key, ev[key], flush=True)
@@ -337,6 +355,7 @@ def cmd_tiles(args) -> int:
         for tile in TILES:
             key = f"{r.name}/{tile}"
             if key not in out and done(r):
+                wait_for_quiet()
                 out[key] = tile_row(r, tile)
                 front._write_json(TILES_JSON, out)
                 print(key, json.dumps(out[key]), flush=True)
@@ -370,6 +389,7 @@ def cmd_convert(args) -> int:
             folder, err = LATENCY / f"{r.name}_{tile}", LATENCY / f"{r.name}_{tile}.error"
             if (folder / "model.json").is_file() or err.is_file():
                 continue
+            wait_for_quiet()
             t0 = time.process_time()
             try:
                 convert(ConvertOptions(model=ckpt, tile=tile, calibration_tiles=64, progress=False, **opts),
@@ -450,8 +470,8 @@ def recipe_row(r: Recipe, dense_mean: float | None) -> str:
     ev = front._json(RUNS / r.name / "eval.json")
     plan = front._json(PLAN)
     cpu = cpu_seconds(r)
-    phases = ", ".join(f"{ph.name} {plan.get(f'{r.name}/{ph.name}', {}).get('steps', '?')} steps / {cpu[ph.name]:.0f} s"
-                       for ph in r.phases)
+    phases = ", ".join(f"{ph.name} {plan[f'{r.name}/{ph.name}']['steps']} steps / {cpu[ph.name]:.0f} s"
+                       if ph.name in cpu else f"{ph.name} not trained" for ph in r.phases)
     last = r.phases[-1].name
     final = ev.get(f"{last}/dense" if r.dense else f"{last}/hard")
     soft = [f"{ph.name}: {_fmt(ev.get(f'{ph.name}/soft'))}" for ph in r.phases if f"{ph.name}/soft" in ev]
@@ -514,7 +534,7 @@ def cmd_report(args) -> int:
          "BSD100 | final model (hard top-1; dense): Set5 / Set14 / BSD100 | mean | mean vs dense_c16 | busiest bank, "
          "median margin |", "|---|---|---:|---|---|---:|---:|---|"]
     for r in RECIPES:
-        if done(r) and (RUNS / r.name / "eval.json").is_file():
+        if (RUNS / r.name / "eval.json").is_file():  # also a recipe stopped part-way, its last phase missing
             L.append(recipe_row(r, dense_mean))
     L += [""] + ["Recipes:", ""] + [f"- `{r.name}`: {r.description}." for r in RECIPES] + [""]
     missing = [r.name for r in RECIPES if not done(r)]
