@@ -151,7 +151,8 @@ class ExecuTorchTarget:
         if plan.mode != "block":
             # Measured, not a design limit: every per-layer-routed composite we lowered (1-2 blocks, k = 2-3, 24 and
             # 64 px tiles; the code before the layout change too) crashes ExecuTorch 1.5.1 in load_method (SIGSEGV
-            # or SIGBUS in the branch delegates' init; without XNNPACK the same graph loads). Never ship that.
+            # or SIGBUS in the branch delegates' init; without XNNPACK the same graph loads), or, lowered under some
+            # hash seeds, loads and wires a delegate to the wrong tensors (docs/dispatch.md). Never ship that.
             raise UserError("target executorch --strategy hard: per-layer routing (each conv routed on its own input) "
                             "lowers to a program that crashes ExecuTorch 1.5.1 on load; use --target "
                             "executorch-dispatch, or a shared-routing model (--shared-routing: one program per block)")
