@@ -131,3 +131,18 @@ def test_tiny_two_phase_run_soft_then_distilled_straight_through(tmp_path) -> No
     assert hr.done(r, tmp_path)
     hr.train_recipe(r, tmp_path, budget=0.05, calib_steps=3)  # a rerun of a finished recipe trains nothing
     assert load_checkpoint(tmp_path / "tiny" / "st_kd" / "model.pt").provenance == st.provenance
+
+
+def test_calls_and_tiles_per_image_of_the_finer_grid() -> None:
+    """(e)'s counts: the dispatch plan of a shared-routing model calls the stem and one program per block (tail fused),
+    and 32 px deploy tiles (stride 16) cut a 48 px image into 3 x 3 tiles where 64 px tiles need one."""
+    from nsr_edge.deploy import to_deploy
+    from nsr_edge.layers import RoutingConfig
+    from nsr_edge.models import ModelConfig, build_model
+
+    cfg = ModelConfig(arch="wdsr_nsr", scale=2, blocks=3, width=4, width_multiplier=1.0, banks=2, cardinality=1,
+                      channels=3, routing=RoutingConfig(kind="straight_through", shared=True))
+    assert hr.calls_per_tile(to_deploy(build_model(cfg), "hard")) == 1 + 3
+    assert hr.tiles_per_image([(48, 48)], 64) == 1
+    assert hr.tiles_per_image([(48, 48)], 32) == 9
+    assert hr.tiles_per_image([(48, 48), (48, 96)], 32) == (9 + 3 * 6) / 2
