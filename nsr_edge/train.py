@@ -196,7 +196,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _compiled(net: nn.Module, device: torch.device) -> nn.Module:
     """``torch.compile`` (inductor) of the training network. On this project's CPU models it makes a step 1.1-1.4x
-    cheaper (docs/train_speed.md) after under a minute of compiling, which the run's CPU seconds include. Inductor compiles C++ on the CPU: it needs a compiler, checked here so the error is one line."""
+    cheaper (docs/train_speed.md) after under a minute of compiling, which the run's CPU seconds include. Inductor
+    compiles C++ on the CPU: it needs a compiler, checked here so the error is one line."""
     if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
         raise UserError("--compile needs a C++ compiler for torch.compile on the CPU (apt-get install g++); "
                         "or train without --compile")
