@@ -119,7 +119,8 @@ def main() -> int:
     ap.add_argument("--sets", nargs="*", default=["set5"])
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--compile", action="store_true",
-                    help="train with `nsr-edge train --compile` (torch.compile: 1.1-1.4x fewer CPU seconds per step, docs/train_speed.md)")
+                    help="train with `nsr-edge train --compile` (torch.compile: 1.1-1.4x fewer CPU seconds per step, "
+                    "docs/train_speed.md)")
     args = ap.parse_args()
     if args.list or not args.id:
         for j in JOBS:
