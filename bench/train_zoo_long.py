@@ -77,10 +77,10 @@ def run(zoo_id: str, compile_step: bool = False) -> int:
     cmd = command(zoo_id) + (["--compile"] if compile_step else [])  # how it runs: a run may switch on resume
     if (out / "last.pt").is_file() or (out / "prev.pt").is_file():
         cmd.append("--resume")  # same options: nsr-edge refuses in one line if they are not the run's
-    elif x2_counterpart(zoo_id) and not Path(init_source(zoo_id)).is_file():
-        raise SystemExit(f"{zoo_id}: starts from the finished x2 run {init_source(zoo_id)}: run "
+    elif (init := init_source(zoo_id)) != zoo_id and not Path(init).is_file() and x2_counterpart(zoo_id):
+        raise SystemExit(f"{zoo_id}: starts from the finished x2 run {init}: run "
                          f"bench/train_zoo_long.py {x2_counterpart(zoo_id)} to its end first")
-    elif init_source(zoo_id) != zoo_id and not Path(init_source(zoo_id)).is_file():
+    elif init != zoo_id and not Path(init).is_file():
         raise SystemExit(f"{zoo_id}: the zoo holds its continued model; reproduce its first stage first "
                          f"(.venv/bin/python bench/train_zoo.py --only {zoo_id})")
     RUNS.mkdir(parents=True, exist_ok=True)
