@@ -80,7 +80,7 @@ def test_int8_numerics_on_arm_kernels(rootfs, ort_int8):
 
 
 def test_instruction_counts_dot_product_and_repeatable(rootfs, ort_int8):
-    """cortex-a76 runs SDOT/UDOT kernels (counted), cortex-a72 none; a second run repeats the count (to 0.1% here:
+    """cortex-a76 runs SDOT/UDOT kernels (counted), cortex-a72 none; a second run repeats the count (to 0.5% here:
     ONNX Runtime at a 24 px tile)."""
     from nsr_edge.runtime.card import load_card
 
@@ -92,9 +92,10 @@ def test_instruction_counts_dot_product_and_repeatable(rootfs, ort_int8):
     assert ic["classes"]["dot"] > 0 and ic["classes"]["sve"] == 0
     assert ic["per_tile"] == sum(ic["classes"].values()) or abs(ic["per_tile"] - sum(ic["classes"].values())) < 10
     again = count_instructions(ort_int8, "cortex-a76", timeout=900)["instruction_count"]
-    # ONNX Runtime at this tiny tile: measured 0.003-0.05% between runs (its helper thread's lock and allocator
-    # timing reaches the counted thread); LiteRT at 64 px repeats exactly (docs/arm.md)
-    assert abs(again["per_tile"] - ic["per_tile"]) / ic["per_tile"] < 1e-3
+    # ONNX Runtime at this tiny tile: measured 0.003-0.12% between runs (its helper thread's lock and allocator
+    # timing reaches the counted thread; 0.116% once in CI under load); LiteRT at 64 px repeats exactly (docs/arm.md).
+    # 0.5% still separates a76 from a72 (tens of percent) and catches a count that is not per tile.
+    assert abs(again["per_tile"] - ic["per_tile"]) / ic["per_tile"] < 5e-3
     a72 = count_instructions(ort_int8, "cortex-a72", timeout=900)["instruction_count"]
     assert a72["classes"]["dot"] == 0 and a72["per_tile"] > ic["per_tile"]
     card = load_card(ort_int8)
