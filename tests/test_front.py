@@ -23,3 +23,18 @@ def test_ties_and_duplicates() -> None:
     assert front.pareto_front([(2.0, 30.0), (2.0, 31.0)]) == [1]
     assert front.pareto_front([(2.0, 31.0), (2.0, 31.0)]) == [0, 1]
     assert front.pareto_front([]) == []
+
+
+def test_each_artifact_is_its_own_point() -> None:
+    # An NSR model's two artifacts share its accuracy but not its latency: the faster one can be on the front while
+    # the slower one is dominated by it; a row without latency (not timed) is never on the front.
+    acc = {"mean3": 33.0, "int8_set5": {"psnr_y": 36.0}}
+    rs = [{"name": "dense_c8", "variant": "et_int8", "lat": {"min_ms": 1.0}, "mean3": 32.5,
+           "int8_set5": {"psnr_y": 35.5}},
+          {"name": "nsr_k4", "variant": "dispatch_int8", "lat": {"min_ms": 2.4}, **acc},
+          {"name": "nsr_k4", "variant": "inprogram_int8", "lat": {"min_ms": 2.0}, **acc},
+          {"name": "nsr_k8", "variant": "inprogram_int8", "lat": None, **acc}]
+    fronts = front.mark_fronts(rs)
+    assert fronts == {"mean3": [0, 2], "int8_set5": [0, 2]}
+    assert [r["front_mean3"] for r in rs] == [True, False, True, False]
+    assert [r["front_int8_set5"] for r in rs] == [True, False, True, False]
