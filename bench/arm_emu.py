@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge.devices import arm_rootfs
 from nsr_edge.devices.arm_emu import count_instructions, qemu_version, validate_on_arm
 
@@ -72,7 +73,7 @@ def slug(name: str) -> str:
 def artifact(work: Path, name: str, spec: tuple[str, str, str, str], tile: int) -> Path:
     model, target, recipe, strategy = spec
     dest = work / f"t{tile}" / slug(name)
-    if (dest / "model.json").is_file():
+    if is_current(dest):
         return dest
     src = ROOT / "out" / "bench_runtimes" / bench_runtimes_name(model, target, recipe, strategy) if tile == 64 and \
         target in BENCH_RUNTIMES else None
@@ -81,7 +82,7 @@ def artifact(work: Path, name: str, spec: tuple[str, str, str, str], tile: int) 
     if tile == 32 and model == "nsr_sr_x2" and strategy == "output-mix" and (target, recipe) in fixtures:
         src = ROOT / "build" / "device-fixtures" / fixtures[(target, recipe)]  # tests/device_fixtures.py, tile 32
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if src is not None and (src / "model.json").is_file():
+    if src is not None and is_current(src):
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns("set5.json"))
         return dest
     from nsr_edge.converters.pipeline import ConvertOptions, convert

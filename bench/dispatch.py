@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
 from nsr_edge.runtime.card import load_card  # noqa: E402
 from nsr_edge.runtime.profile import time_interleaved  # noqa: E402
@@ -136,7 +137,7 @@ def main() -> int:
     folders = {}
     for name, v in chosen:
         folder = work / f"{slug(name)}_{slug(Path(v['model']).parent.name if '/' in v['model'] else v['model'])}_t{args.tile}"
-        if not (folder / "model.json").is_file():
+        if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
             t0 = time.time()
             print(f"converting {name} ...", file=sys.stderr, flush=True)
             convert(ConvertOptions(tile=args.tile, calibration_tiles=64, progress=False, **v), str(folder), force=True)

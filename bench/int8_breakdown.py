@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
 from bench.dispatch import own_autogroup, sched_note  # noqa: E402
 from nsr_edge.runtime.card import artifact_path, load_card  # noqa: E402
@@ -174,7 +175,7 @@ def main() -> int:
     for name in args.variants:
         recipe, parts, qat_steps, _ = VARIANTS[name]
         folder = work / f"{args.model}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}_t{args.tile}"
-        if not (folder / "model.json").is_file():
+        if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
             print(f"converting {name} ...", file=sys.stderr, flush=True)
             convert(ConvertOptions(model=args.model, recipe=recipe, tile=args.tile, progress=False,
                                    recipe_overrides={"fp32_parts": parts} if parts is not None else {},

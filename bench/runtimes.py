@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert
 from nsr_edge.runtime.card import artifact_path, load_card
 from nsr_edge.runtime.profile import time_interleaved
@@ -64,7 +65,7 @@ def slug(text: str) -> str:
 
 def converted(work: Path, model: str, label: str, options: dict, tile: int) -> Path:
     folder = work / f"{slug(model)}__{slug(label)}_t{tile}"
-    if not (folder / "model.json").is_file():
+    if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
         t0 = time.time()
         print(f"converting {model} {label} ...", file=sys.stderr, flush=True)
         convert(ConvertOptions(tile=tile, progress=False, **options), str(folder), force=True)

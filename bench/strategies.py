@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge import hub  # noqa: E402
 from nsr_edge.converters.base import TARGET_MODULES  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions, convert, tool_versions  # noqa: E402
@@ -135,7 +136,7 @@ def build(rows: list[Row], work: Path, tile: int, reuse: bool) -> None:
         r.folder = work / f"{Path(r.model).parent.name if '/' in r.model else r.model}-{r.strategy}-{r.recipe}-{r.target}"
         strategy = "output-mix" if r.strategy == "dense" else r.strategy
         t0 = time.time()
-        if (r.folder / "model.json").is_file() and reuse:
+        if reuse and is_current(r.folder):
             r.card, r.status = load_card(r.folder), "converted (reused)"
         try:
             if r.card is None:
