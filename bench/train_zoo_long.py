@@ -17,6 +17,10 @@ The dense baselines get the same continuation (same steps, patches and schedule)
 x3 and x4 start from the finished x2 run of the same kind (`--init-from runs/zoo_long/<x2 id>/model.pt --scale S`:
 the body carries over, the output convs start fresh; EDSR pre-trains x3/x4 at x2 the same way), then SCALE_STEPS
 steps at their own scale with the same recipe: their budget is the x2 model's plus these steps.
+
+`nsr_sr_x2_hard` is the hard top-1 deploy variant of the continued x2 model: bench/train_zoo.py's hard fine-tune
+(straight-through, shared routing, load balance 0.01, 48 px, here with the cosine decay from lr 2e-4; HARD_STEPS steps) from the finished
+`nsr_sr_x2` run instead of the first-stage zoo model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (the zoo's hard fine-tune options)
+from train_zoo import HARD  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "zoo_long"
 LONG_STEPS = 15000
@@ -35,6 +42,10 @@ RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", 
 # Which zoo models can be continued: every SR model and its two dense baselines (same recipe: a fair comparison).
 JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
         for kind, suffix in (("nsr", ""), ("dense", "_eqmacs"), ("dense", "_eqparams"))]
+# Hard top-1 fine-tunes of a finished continuation (the deploy form a dispatch artifact runs): job -> the run it starts from.
+HARD_JOBS = {"nsr_sr_x2_hard": "nsr_sr_x2"}
+HARD_STEPS = 10000  # as bench/train_zoo.py's hard fine-tune of the first stage
+JOBS += list(HARD_JOBS)
 
 
 def x2_counterpart(zoo_id: str) -> str | None:
@@ -46,16 +57,23 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 
 def steps_of(zoo_id: str) -> int:
+    if zoo_id in HARD_JOBS:
+        return HARD_STEPS
     return SCALE_STEPS if x2_counterpart(zoo_id) else LONG_STEPS
+
+
+def start_run(zoo_id: str) -> str | None:
+    """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
+    run it fine-tunes), None when it starts from a zoo model's first stage."""
+    return HARD_JOBS.get(zoo_id) or x2_counterpart(zoo_id)
 
 
 def init_source(zoo_id: str) -> str:
     """The first stage a continuation starts from: the zoo model while the zoo still holds its first stage; once the
     continued model is published (its card lists `training_stages`), the first stage as bench/train_zoo.py reproduces
     it (runs/zoo/<id>/model.pt), so that rerunning this job never continues an already continued model."""
-    x2 = x2_counterpart(zoo_id)
-    if x2:
-        return str(RUNS / x2 / "model.pt")
+    if start := start_run(zoo_id):
+        return str(RUNS / start / "model.pt")
     card = ROOT / "zoo" / zoo_id / "card.json"
     if card.is_file() and "training_stages" not in json.loads(card.read_text()):
         return zoo_id
@@ -64,12 +82,15 @@ def init_source(zoo_id: str) -> str:
 
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
+    hard = zoo_id in HARD_JOBS
+    lr = HARD["lr"] if hard else r["lr"]
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
             "--init-from", init_source(zoo_id),
             *(["--scale", zoo_id.split("_sr_x")[1][0]] if x2_counterpart(zoo_id) else []),
             "--steps", str(steps_of(zoo_id)), "--batch-size", str(r["batch_size"]),
-            "--patch-size", str(r["patch_size"]), "--lr", str(r["lr"]), "--schedule", r["schedule"],
-            "--threads", str(r["threads"]), "--checkpoint-every", str(r["checkpoint_every"])]
+            "--patch-size", str(r["patch_size"]), "--lr", str(lr), "--schedule", r["schedule"],
+            "--threads", str(r["threads"]), "--checkpoint-every", str(r["checkpoint_every"]),
+            *(HARD["options"] if hard else [])]
 
 
 def run(zoo_id: str, compile_step: bool = False) -> int:
@@ -77,9 +98,9 @@ def run(zoo_id: str, compile_step: bool = False) -> int:
     cmd = command(zoo_id) + (["--compile"] if compile_step else [])  # how it runs: a run may switch on resume
     if (out / "last.pt").is_file() or (out / "prev.pt").is_file():
         cmd.append("--resume")  # same options: nsr-edge refuses in one line if they are not the run's
-    elif (init := init_source(zoo_id)) != zoo_id and not Path(init).is_file() and x2_counterpart(zoo_id):
-        raise SystemExit(f"{zoo_id}: starts from the finished x2 run {init}: run "
-                         f"bench/train_zoo_long.py {x2_counterpart(zoo_id)} to its end first")
+    elif (init := init_source(zoo_id)) != zoo_id and not Path(init).is_file() and start_run(zoo_id):
+        raise SystemExit(f"{zoo_id}: starts from the finished run {init}: run "
+                         f"bench/train_zoo_long.py {start_run(zoo_id)} to its end first")
     elif init != zoo_id and not Path(init).is_file():
         raise SystemExit(f"{zoo_id}: the zoo holds its continued model; reproduce its first stage first "
                          f"(.venv/bin/python bench/train_zoo.py --only {zoo_id})")
