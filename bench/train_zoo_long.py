@@ -19,8 +19,8 @@ the body carries over, the output convs start fresh; EDSR pre-trains x3/x4 at x2
 steps at their own scale with the same recipe: their budget is the x2 model's plus these steps.
 
 `nsr_sr_x2_hard` is the hard top-1 deploy variant of the continued x2 model: bench/train_zoo.py's hard fine-tune
-(straight-through, shared routing, load balance 0.01, 48 px, here with the cosine decay from lr 2e-4; HARD_STEPS steps) from the finished
-`nsr_sr_x2` run instead of the first-stage zoo model.
+(straight-through, shared routing, load balance 0.01, 48 px, lr 2e-4, here with the cosine decay; HARD_STEPS
+steps) from the finished `nsr_sr_x2` run instead of the first-stage zoo model.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", 
 # Which zoo models can be continued: every SR model and its two dense baselines (same recipe: a fair comparison).
 JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
         for kind, suffix in (("nsr", ""), ("dense", "_eqmacs"), ("dense", "_eqparams"))]
-# Hard top-1 fine-tunes of a finished continuation (the deploy form a dispatch artifact runs): job -> the run it starts from.
+# Hard top-1 fine-tunes of a finished continuation (the deploy form a dispatch artifact runs): job -> its start run.
 HARD_JOBS = {"nsr_sr_x2_hard": "nsr_sr_x2"}
 HARD_STEPS = 10000  # as bench/train_zoo.py's hard fine-tune of the first stage
 JOBS += list(HARD_JOBS)
