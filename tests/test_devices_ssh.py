@@ -263,7 +263,8 @@ def test_connection_killed_mid_run(sshd, artifact):
 
 
 def test_runner_killed_on_the_device(sshd, artifact):
-    """The device's runner dies (a native crash, the OOM killer): one line with the signal, folder removed."""
+    """The device's runner dies (a native crash, the OOM killer): one line with the signal, folder removed, and the
+    runtime's child process it left mid-request (a million timed runs) ends too instead of spinning on the device."""
     errors: list[BaseException] = []
 
     def work():
@@ -277,11 +278,17 @@ def test_runner_killed_on_the_device(sshd, artifact):
     shell = _wait_for_runner(sshd.remote)
     cli = [p for p in _descendants(shell) if b"device_cli" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert cli, "no device_cli below the remote shell"
+    runtime_child = _descendants(cli[0])
+    assert runtime_child, "no runtime child process below device_cli"
     os.kill(cli[0], signal.SIGKILL)
     t.join(120)
     assert len(errors) == 1 and isinstance(errors[0], DeviceError), errors
     assert "the device runner died (killed by signal SIGKILL)" in str(errors[0])
     assert list(sshd.remote.iterdir()) == []
+    deadline = time.time() + 10
+    while any(_alive(p) for p in runtime_child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in runtime_child), "the runtime's child process outlived its runner"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -19,6 +19,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -179,7 +181,24 @@ def open_runner(runner: str, artifact: str, method: str = "forward", threads: in
     return (InProcessRunner if in_process else RunnerProcess)(runner, artifact, method, threads, **kwargs)
 
 
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this process when the one that started it dies. A request can run for minutes (a long `time`), and only
+    its end would show the closed pipe: a parent killed meanwhile (the OOM killer on a phone, SIGKILL, a dropped
+    device connection) would leave the runtime spinning on the device's cores. A parent that dies gets this process
+    reparented, so its parent pid changes (PR_SET_PDEATHSIG is not used: it follows the creating thread, not the
+    process). os._exit: the main thread may be inside the runtime."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _serve() -> None:
+    _exit_with_parent()
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything native code prints to stdout goes to stderr, not into the protocol
     sys.stdout = sys.stderr
