@@ -6,6 +6,9 @@ NSR models with k = 4, 8, 16 banks at equal MACs per tile, all trained with the 
     .venv/bin/python bench/front.py eval                                   # FP32 Y-PSNR, Set5/Set14/BSD100
     .venv/bin/python bench/front.py convert                                # INT8 artifacts + INT8 Set5 Y-PSNR
     bench/quiet_run.sh .venv/bin/python bench/front.py time                # INT8 ms per tile, one interleaved run
+    # (as timed for docs/front.md: the timed processes in their own autogroup at nice -20)
+    bench/quiet_run.sh setsid bash -c 'echo -20 > /proc/self/autogroup && exec "$@"' _ \
+        .venv/bin/python bench/front.py time
     .venv/bin/python bench/front.py report                                 # docs/front.md + docs/front.png
 
 Everything lives in runs/front/ (git-ignored): one `nsr-edge train` run per model (runs/front/<name>/dense or
@@ -462,8 +465,10 @@ def cmd_report(args) -> int:
     load = latj.get("load", [[float("nan")] * 3] * 2)
     vers = latj.get("versions", {})
     L = ["# The measured accuracy-latency front, SR x2 (issue 15 item 3)", "",
-         "Produced by `bench/front.py` (train, eval, convert; `bench/quiet_run.sh .venv/bin/python bench/front.py "
-         "time`; report). Every model is its own `nsr-edge train` run in `runs/front/<name>/` with the **same budget: "
+         "Produced by `bench/front.py` (train, eval, convert; `bench/quiet_run.sh setsid bash -c 'echo -20 > "
+         "/proc/self/autogroup && exec \"$@\"' _ .venv/bin/python bench/front.py time`, i.e. the timed processes in "
+         "their own autogroup at nice -20; report). Every model is its own `nsr-edge train` run in "
+         "`runs/front/<name>/` with the **same budget: "
          f"{BUDGET_CPU_S / 60:.0f} CPU-minutes of training** (process CPU time, 1 thread; steps calibrated per model "
          "from its measured CPU seconds per step, the real CPU seconds read back from the checkpoints), batch 16 of "
          "32 px patches, seed 0, 6 blocks, width multiplier 2. Dense models differ in width C; NSR models keep one "
