@@ -169,11 +169,14 @@ def test_data_set_on_the_device_scores_as_on_the_host(sshd, artifact):
     assert h.returncode == 0, h.stderr[-800:]
     dev, host = json.loads(d.stdout), json.loads(h.stdout)
     assert dev["dataset"] == "set5" and len(dev["images"]) == 2
-    # same outputs, so the same PSNR to the last bit; SSIM's filtering differs in the 7th decimal between the device
-    # venv's numpy 1.26 and the toolkit's numpy 2.3
-    assert [(r["name"], r["psnr_y"]) for r in dev["images"]] == [(r["name"], r["psnr_y"]) for r in host["images"]]
+    # same runtime, same images: the same scores up to the numpy builds (the device venv's numpy 1.26 vs the
+    # toolkit's 2.3 prepare the low-resolution input and filter SSIM): PSNR was bit-equal in most runs, 1e-5 dB apart
+    # in one CI run (img_001 38.582769 vs 38.582759); a wrong tiling, runtime or image moves it by 0.01 dB and more
+    assert [r["name"] for r in dev["images"]] == [r["name"] for r in host["images"]]
+    assert [r["psnr_y"] for r in dev["images"]] == pytest.approx([r["psnr_y"] for r in host["images"]], abs=1e-4)
     assert [r["ssim_y"] for r in dev["images"]] == pytest.approx([r["ssim_y"] for r in host["images"]], abs=1e-6)
-    assert dev["summary"]["psnr_y"] == host["summary"]["psnr_y"] and dev["summary"]["reference_tiles"] == 4
+    assert dev["summary"]["psnr_y"] == pytest.approx(host["summary"]["psnr_y"], abs=1e-4)
+    assert dev["summary"]["reference_tiles"] == 4
     assert list(sshd.remote.iterdir()) == []
 
 
