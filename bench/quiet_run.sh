@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run a timing command on a machine made as quiet as we can make it: background training runs of this checkout
-# (`nsr_edge.cli train`, started by bench/ jobs) are paused (SIGSTOP) for the duration, including ones started while
-# it runs (checked every second), and resumed (SIGCONT) after, whatever happens; one timing command at a time (a
-# lock), so two benchmarks never time each other. Training budgets are in CPU seconds, so a pause costs them wall
-# time only. Other work on the machine is not paused: the 1-minute load average before and after is printed to
-# stderr for the docs ("load average stated").
+# (`nsr_edge.cli train` started by bench/ jobs, whose working folder is the checkout) are paused (SIGSTOP) for the
+# duration, including ones started while it runs (checked every second), and resumed (SIGCONT) after, whatever
+# happens; one timing command at a time (a lock), so two benchmarks never time each other. Training budgets are in
+# CPU seconds, so a pause costs them wall time only. Other work on the machine is not paused: the 1-minute load
+# average before and after is printed to stderr for the docs ("load average stated").
 #
 #   bench/quiet_run.sh .venv/bin/python bench/dispatch.py ...
 set -euo pipefail
@@ -13,8 +13,16 @@ LOCK="${NSR_EDGE_TIMING_LOCK:-/tmp/nsr-edge-timing.lock}"
 exec 9>"$LOCK"
 flock 9
 PAUSED_LIST=$(mktemp)
-# Only python processes running `-m nsr_edge.cli train` (not shells whose command line merely mentions it).
-training() { pgrep -f '^[^ ]*python[0-9.]* -m nsr_edge\.cli train' || true; }
+ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
+# Only python processes running `-m nsr_edge.cli train` (not shells whose command line merely mentions it) in this
+# checkout (bench/ jobs start them there): a test suite of another checkout also runs `nsr_edge.cli train`, and
+# pausing its subprocesses would stall it.
+training() {
+  for p in $(pgrep -f '^[^ ]*python[0-9.]* -m nsr_edge\.cli train' || true); do
+    [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$ROOT" ] && echo "$p"
+  done
+  true
+}
 pause_all() { for p in $(training); do kill -STOP "$p" 2>/dev/null && echo "$p" >> "$PAUSED_LIST"; done; }
 keeper=""
 child=""
