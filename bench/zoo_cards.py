@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
-from train_zoo_long import RUNS as LONG_RUNS, command as long_command, steps_of, x2_counterpart  # noqa: E402
+from train_zoo_long import (  # noqa: E402
+    HARD_JOBS, RUNS as LONG_RUNS, command as long_command, start_run, steps_of, x2_counterpart)
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -119,13 +120,15 @@ def _stage(kind: str, command: str, training: dict, cpu_seconds: float | None, *
 
 def earlier_stages(job) -> list[dict]:
     """What a long run started from: for an x2 continuation the zoo model's own training (its card, before the
-    continuation replaces it); for x3/x4 every stage of the published x2 model of the same kind."""
-    x2 = x2_counterpart(job.id)
-    if x2:
-        card = json.loads((ZOO_DIR / x2 / "card.json").read_text())
+    continuation replaces it); for x3/x4 every stage of the published x2 model of the same kind; for a hard top-1
+    fine-tune every stage of the soft model it fine-tunes."""
+    start = start_run(job.id)
+    if start:
+        card = json.loads((ZOO_DIR / start / "card.json").read_text())
         if "training_stages" not in card:
-            raise SystemExit(f"{job.id}: starts from the x2 continuation: publish {x2} first (--from-long --only {x2})")
-        return [{**st, "model": x2} for st in card["training_stages"]]
+            raise SystemExit(f"{job.id}: starts from the {start} continuation: publish {start} first "
+                             f"(--from-long --only {start})")
+        return [{**st, "model": start} for st in card["training_stages"]]
     old = json.loads((ZOO_DIR / job.id / "card.json").read_text())
     return (old.get("training_stages") or [_stage(
         "zoo", old["train_command"], old["training"], old["training"].get("train_cpu_seconds"), sha256=old["sha256"],
@@ -139,18 +142,21 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
     replaced_sha256 = json.loads(card_path.read_text())["sha256"]  # what fine-tunes of the old zoo model started from
     before = earlier_stages(job)
     # The run as it is reproduced once the zoo holds it: an x2 continuation from the first stage that
-    # bench/train_zoo.py retrains; x3/x4 from the x2 run's model.
+    # bench/train_zoo.py retrains; x3/x4 from the x2 run's model; a hard fine-tune from the soft run's model.
+    start = start_run(job.id)
     cmd = long_command(job.id)[3:]
-    if not x2_counterpart(job.id):
+    if not start:
         cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{job.id}/model.pt"
-    last = _stage("continuation" if not x2_counterpart(job.id) else f"x{ckpt.config.scale} from the x2 body",
+    kind = ("continuation" if not start else f"hard top-1 fine-tune of {start}" if job.id in HARD_JOBS
+            else f"x{ckpt.config.scale} from the x2 body")
+    last = _stage(kind,
                   "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
                   ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
                   reproduce=f".venv/bin/python bench/train_zoo_long.py {job.id}",
                   **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
     card = publish(job, ckpt, results)
     card["training"]["init_from"] = (f"zoo/{job.id}/model.pt as first published (training_stages[0])"
-                                     if not x2_counterpart(job.id) else f"zoo/{x2_counterpart(job.id)}/model.pt")
+                                     if not start else f"zoo/{start}/model.pt")
     card["training_stages"] = [*before, last]
     card["train_command"] = " && ".join(st["command"] for st in card["training_stages"])
     card_path.write_text(json.dumps(card, indent=2) + "\n")
@@ -221,10 +227,10 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
     if any("training_stages" in c for c in cards):
         lines += ["Models with two stages were trained as zoo models, then continued with a longer schedule "
                   "(bench/train_zoo_long.py: 48 px patches, cosine from 5e-4); their dense baselines got the same "
-                  "continuation. Train CPU-h is the whole budget (both stages; `training_stages` in the card). "
-                  "Hard top-1 rows start from the NSR model's first stage.", ""]
+                  "continuation. Train CPU-h is the whole budget (every stage; `training_stages` in the card).", ""]
     lines += ["Train CPU-h: the CPU time of the training runs behind the model, 1 thread; `<=`: a run that recorded only "
-              "its wall time (an upper bound on a shared machine). Hard top-1 rows: the fine-tune alone.", ""]
+              "its wall time (an upper bound on a shared machine). A hard top-1 row without `training_stages` counts "
+              "its fine-tune alone.", ""]
     lines += [f"Reference row: {PAPER_SOURCE}. Our models are ~20x smaller and trained for minutes on 2 CPU cores.",
               f"Machine: {platform.machine()}, 2 cores, CPU only; torch {torch.__version__}.", ""]
     return "\n".join(lines)
