@@ -1,0 +1,81 @@
+"""The zoo's cards are what users read before they pick a model: every card matches its checkpoint, states its whole
+training budget, and its dense baselines were trained the same way (issue 15: "the comparison stays fair"). One
+published number is recomputed with the one evaluation path, so a card cannot drift from what `nsr-edge eval` gives.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from nsr_edge.checkpoint import load_checkpoint
+from nsr_edge.evaluate import EvalTarget, evaluate_sets, model_restorer
+from nsr_edge.hub import zoo_card, zoo_checkpoint, zoo_ids
+from nsr_edge.runtime.files import file_sha256
+from nsr_edge.runtime.tasks import TaskSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from zoo_cards import budget_hours  # noqa: E402
+
+ZOO = zoo_ids()
+STAGE_RECIPE = ("steps", "batch_size", "patch_size")
+
+
+def test_the_zoo_is_not_empty():
+    assert {"nsr_sr_x2", "nsr_sr_x2_hard", "dense_sr_x2_eqmacs", "dense_sr_x2_eqparams"} <= set(ZOO)
+
+
+@pytest.mark.parametrize("zoo_id", ZOO)
+def test_card_matches_its_checkpoint(zoo_id):
+    card = zoo_card(zoo_id)
+    assert card["id"] == zoo_id
+    assert file_sha256(zoo_checkpoint(zoo_id)) == card["sha256"]
+    ckpt = load_checkpoint(zoo_checkpoint(zoo_id))  # weights_only load: refuses foreign objects
+    assert ckpt.config.to_dict() == card["config"]
+    assert sum(p.numel() for p in ckpt.build().parameters()) == card["params"]
+    task = TaskSpec.from_dict(ckpt.provenance["task"])
+    assert [r["dataset"] for r in card["results"]] == list(task.eval_sets)
+
+
+@pytest.mark.parametrize("zoo_id", ZOO)
+def test_card_states_its_whole_budget(zoo_id):
+    card = zoo_card(zoo_id)
+    assert budget_hours(card) != "-", "no CPU time or 1-thread wall time recorded"
+    stages = card.get("training_stages")
+    if not stages:
+        return
+    # The last stage is the checkpoint's own run; the command reproduces every stage in order.
+    assert stages[-1]["steps"] == card["training"]["steps"]
+    assert card["train_command"] == " && ".join(st["command"] for st in stages)
+    assert all(st.get("cpu_seconds") or st.get("threads") == 1 for st in stages)
+    # A model started from another zoo model (x3/x4 from the x2 body; a hard fine-tune from its soft model) carries
+    # that model's stages, so its budget is the whole chain.
+    for start_id in {st["model"] for st in stages if "model" in st}:
+        start_stages = zoo_card(start_id)["training_stages"]
+        assert [{k: v for k, v in st.items() if k != "model"} for st in stages[:len(start_stages)]] == start_stages
+
+
+@pytest.mark.parametrize("zoo_id", [z for z in ZOO if zoo_card(z).get("baseline_kind") in ("equal-macs",
+                                                                                              "equal-params")])
+def test_dense_baseline_got_the_same_training_as_its_nsr_model(zoo_id):
+    card = zoo_card(zoo_id)
+    nsr = zoo_card(card["baseline_of"])
+
+    def recipe(c):
+        return [tuple(st.get(k) for k in STAGE_RECIPE) for st in c.get("training_stages") or [c["training"]]]
+
+    assert recipe(card) == recipe(nsr)
+
+
+def test_published_number_is_what_eval_gives():
+    """Set5 of the hard model a device runs, recomputed with the reference protocol (the one evaluation path)."""
+    zoo_id = "nsr_sr_x2_hard"
+    card = zoo_card(zoo_id)
+    ckpt = load_checkpoint(zoo_checkpoint(zoo_id))
+    task = TaskSpec.from_dict(ckpt.provenance["task"])
+    (result,) = evaluate_sets(EvalTarget(zoo_id, model_restorer(ckpt.build(), task.scale)), task, ["set5"], [], None)
+    published = next(r for r in card["results"] if r["dataset"] == "set5")
+    assert result.summary()["psnr_y"] == pytest.approx(published["psnr_y"], abs=1e-3)
+    assert result.summary()["ssim_y"] == pytest.approx(published["ssim_y"], abs=1e-4)
