@@ -5,21 +5,21 @@ under the new one's name."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
 def is_current(folder: Path) -> bool:
     """True for a finished artifact whose source is still what it was converted from (checkpoint files the user
-    named are not tracked: only zoo sources, whose file changes in place)."""
-    card_file = folder / "model.json"
-    if not card_file.is_file():
-        return False
-    from nsr_edge.hub import zoo_checkpoint
-    from nsr_edge.runtime.files import file_sha256
+    named are not tracked: only zoo sources, whose file changes in place). The check is validate's own: the card's
+    source SHA-256 against the zoo checkpoint (`nsr_edge.reference.reference_checkpoint`)."""
+    from nsr_edge.errors import UserError
+    from nsr_edge.reference import reference_checkpoint
+    from nsr_edge.runtime.card import load_card
 
-    source = (json.loads(card_file.read_text()).get("model") or {}).get("source") or {}
-    if source.get("kind") != "zoo":
-        return True
-    ckpt = zoo_checkpoint(source.get("ref", ""))
-    return ckpt.is_file() and file_sha256(ckpt) == source.get("sha256")
+    try:
+        card = load_card(folder)  # no card (an unfinished conversion) or a broken one: convert again
+        if card.model.source.kind == "zoo":
+            reference_checkpoint(card)  # the zoo model is gone or was republished since: convert again
+    except UserError:
+        return False
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,12 +13,17 @@ from bench.artifact_cache import is_current  # noqa: E402
 from nsr_edge.hub import zoo_checkpoint  # noqa: E402
 from nsr_edge.runtime.files import file_sha256  # noqa: E402
 
+# A card `nsr-edge convert` wrote (the apps' test vectors: no model file needed to read it).
+REAL_CARD = ROOT / "android_demo" / "testdata" / "cards" / "executorch_fp32" / "model.json"
+
 
 def _folder(tmp_path: Path, source: dict | None) -> Path:
     folder = tmp_path / "art"
     folder.mkdir(parents=True)
     if source is not None:
-        (folder / "model.json").write_text(json.dumps({"model": {"id": "x", "source": source}}))
+        card = json.loads(REAL_CARD.read_text())
+        card["model"]["source"] = source
+        (folder / "model.json").write_text(json.dumps(card))
     return folder
 
 
@@ -29,6 +35,15 @@ def test_zoo_artifact_is_reused_only_while_its_weights_are_the_zoo_s(tmp_path: P
     # a zoo model that is gone, an unfinished conversion (no card)
     assert not is_current(_folder(tmp_path / "c", {"kind": "zoo", "ref": "no_such_model", "sha256": sha}))
     assert not is_current(_folder(tmp_path / "d", None))
+
+
+def test_broken_card_is_converted_again(tmp_path: Path) -> None:
+    folder = tmp_path / "art"
+    folder.mkdir()
+    shutil.copy(REAL_CARD, folder / "model.json")
+    assert is_current(folder)  # a user checkpoint's artifact: reused
+    (folder / "model.json").write_text('{"model": ')
+    assert not is_current(folder)
 
 
 def test_user_checkpoint_artifact_is_reused(tmp_path: Path) -> None:
