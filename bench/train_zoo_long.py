@@ -21,6 +21,10 @@ steps at their own scale with the same recipe: their budget is the x2 model's pl
 `nsr_sr_x2_hard` is the hard top-1 deploy variant of the continued x2 model: bench/train_zoo.py's hard fine-tune
 (straight-through, shared routing, load balance 0.01, 48 px, lr 2e-4, here with the cosine decay; HARD_STEPS
 steps) from the finished `nsr_sr_x2` run instead of the first-stage zoo model.
+
+`dense_sr_x2_eqmacs_plus10k` is its control: the continued equal-MACs dense model given the same extra steps (same
+lr, schedule and patches, no routing options), so that the hard model and the dense model of equal MACs compare at
+equal budget (the zoo point of docs/front.md). A bench run, not a zoo model.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
 # Hard top-1 fine-tunes of a finished continuation (the deploy form a dispatch artifact runs): job -> its start run.
 HARD_JOBS = {"nsr_sr_x2_hard": "nsr_sr_x2"}
 HARD_STEPS = 10000  # as bench/train_zoo.py's hard fine-tune of the first stage
-JOBS += list(HARD_JOBS)
+# Controls: a dense model given a hard fine-tune's extra steps (same recipe without routing): job -> its start run.
+CONTROL_JOBS = {"dense_sr_x2_eqmacs_plus10k": "dense_sr_x2_eqmacs"}
+JOBS += list(HARD_JOBS) + list(CONTROL_JOBS)
 
 
 def x2_counterpart(zoo_id: str) -> str | None:
@@ -57,7 +63,7 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 
 def steps_of(zoo_id: str) -> int:
-    if zoo_id in HARD_JOBS:
+    if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return HARD_STEPS
     return SCALE_STEPS if x2_counterpart(zoo_id) else LONG_STEPS
 
@@ -65,7 +71,7 @@ def steps_of(zoo_id: str) -> int:
 def start_run(zoo_id: str) -> str | None:
     """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
     run it fine-tunes), None when it starts from a zoo model's first stage."""
-    return HARD_JOBS.get(zoo_id) or x2_counterpart(zoo_id)
+    return HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or x2_counterpart(zoo_id)
 
 
 def init_source(zoo_id: str) -> str:
@@ -83,7 +89,7 @@ def init_source(zoo_id: str) -> str:
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
     hard = zoo_id in HARD_JOBS
-    lr = HARD["lr"] if hard else r["lr"]
+    lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else r["lr"]
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
             "--init-from", init_source(zoo_id),
             *(["--scale", zoo_id.split("_sr_x")[1][0]] if x2_counterpart(zoo_id) else []),
