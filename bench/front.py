@@ -27,6 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
+from generated_doc import write_keeping_hand_written  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "front"
 PLAN = RUNS / "plan.json"
@@ -523,9 +526,7 @@ def cmd_report(args) -> int:
     L += ["Computed from the table: NSR artifacts on the FP32-mean front: " + (", ".join(on) or "none") + "; on the "
           "INT8-Set5 front: " + (", ".join(f"{r['name']} ({r['variant']})" for r in rs
                                            if r["nsr"] and r.get("front_int8_set5")) or "none") + ".", "", END]
-    old = DOC.read_text() if DOC.is_file() else ""
-    kept = old.split(END, 1)[1] if END in old else "\n"
-    DOC.write_text("\n".join(L) + kept)
+    write_keeping_hand_written(DOC, L, END)
     print(f"wrote {DOC} and {PNG}")
     return 0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (for front)
 import front  # noqa: E402  (the front's helpers: calibration, provenance, evaluation)
+from generated_doc import write_keeping_hand_written  # noqa: E402
 
 ROOT = front.ROOT
 RUNS = ROOT / "runs" / "hard_recipes"
@@ -549,8 +550,7 @@ def cmd_report(args) -> int:
             if entry:
                 L.append(shell_line(train_cmd(r, ph, entry["steps"], phase_dir(r, ph))))
     L += ["```", "", END]
-    old = DOC.read_text() if DOC.is_file() else ""
-    DOC.write_text("\n".join(L) + (old.split(END, 1)[1] if END in old else "\n"))
+    write_keeping_hand_written(DOC, L, END)
     print(f"wrote {DOC}")
     return 0
 

@@ -1,0 +1,224 @@
+"""The accuracy-latency front at the zoo's budget (issue 15 item 3, the long-budget point): the published SR x2
+models (about 1-3 CPU-hours each, not docs/front.md's 12 CPU-minutes) as ExecuTorch INT8 artifacts, plus the
+equal-budget control that makes the hard model's comparison fair.
+
+    .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k --compile   # the control (bench run)
+    .venv/bin/python bench/front_zoo.py control       # control: FP32 eval, INT8 artifact, INT8 Set5/Set14
+    .venv/bin/python bench/front_zoo.py report        # docs/front_zoo.md + docs/front_zoo.png
+
+Latency and INT8 accuracy of the zoo models come from bench/dispatch.py's last run (its results.json: one
+interleaved timing run of every artifact, 64 px tiles, 1 thread; INT8 Y-PSNR through the deploy tiling), FP32
+accuracy and training budget from the zoo cards. Why a control: `nsr_sr_x2_hard` is the continued `nsr_sr_x2`
+fine-tuned for 10,000 more steps; the published equal-MACs dense model did not get those steps, so the control
+(`dense_sr_x2_eqmacs_plus10k`, bench/train_zoo_long.py) is that dense model given the same 10,000 steps with the same
+lr, schedule and patches. Its INT8 program is the equal-MACs dense program with other weights: its latency is that
+artifact's (XNNPACK's int8 conv time does not depend on weight values), stated as such in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from front import pareto_front  # noqa: E402
+from generated_doc import write_keeping_hand_written  # noqa: E402
+from train_zoo_long import RUNS as LONG_RUNS  # noqa: E402
+from zoo_cards import budget_hours  # noqa: E402
+
+CONTROL = "dense_sr_x2_eqmacs_plus10k"
+CONTROL_OF = "dense eqM INT8"  # the dispatch-bench artifact whose program the control shares
+WORK = ROOT / "runs" / "front_zoo"
+SETS_FP32 = ("set5", "set14", "bsd100")
+SETS_INT8 = ("set5", "set14")
+DOC, PNG = ROOT / "docs" / "front_zoo.md", ROOT / "docs" / "front_zoo.png"
+# ExecuTorch INT8 artifacts of bench/dispatch.py -> the zoo model behind each (the ORT and FP32 rows are left out).
+ARTIFACTS = {
+    "dense eqP INT8": ("dense_sr_x2_eqparams", "dense, equal params", "one program"),
+    "dense eqM INT8": ("dense_sr_x2_eqmacs", "dense, equal MACs", "one program"),
+    "NSR soft output-mix INT8": ("nsr_sr_x2", "NSR soft", "one program, output mixing"),
+    "NSR hard in-program/block INT8": ("nsr_sr_x2_hard", "NSR hard top-1", "one program, routing inside"),
+    "NSR hard dispatch/block INT8": ("nsr_sr_x2_hard", "NSR hard top-1", "host dispatch, 7 calls"),
+}
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cmd_control(args) -> int:
+    """FP32 Y-PSNR of the finished control run (the zoo evaluation) and its INT8 artifact's Y-PSNR on the deploy
+    tiling (as bench/dispatch.py measures the zoo models)."""
+    import torch
+
+    from nsr_edge.checkpoint import load_checkpoint
+    from nsr_edge.converters.pipeline import ConvertOptions, convert
+    from nsr_edge.reference import reference_fn
+    from nsr_edge.runtime.card import load_card
+    from nsr_edge.runtime.evaluation import task_images
+    from nsr_edge.runtime.validate import validate_artifact
+    from zoo_cards import evaluate_checkpoint
+    from bench.artifact_cache import is_current
+
+    torch.set_num_threads(1)
+    run = LONG_RUNS / CONTROL / "model.pt"
+    if not run.is_file():
+        raise SystemExit(f"{CONTROL} has not finished: .venv/bin/python bench/train_zoo_long.py {CONTROL} --compile")
+    WORK.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(run)
+    fp32 = {r["dataset"]: r["psnr_y"] for r in evaluate_checkpoint(CONTROL, ckpt)}
+    folder = WORK / f"{CONTROL}_int8_t64"
+    if not is_current(folder):
+        convert(ConvertOptions(model=str(run), target="executorch", recipe="int8-ptq", tile=64, calibration_tiles=64,
+                               progress=False), str(folder), force=True)
+    card = load_card(folder)
+    sets = {d: task_images(card.task, d)[1] for d in SETS_INT8}
+    reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card, run), progress=False)
+    int8 = {d: rep["summary"]["psnr_y"] for d, rep in reports.items()}
+    out = {"fp32": fp32, "int8": int8, "cpu_seconds": ckpt.provenance.get("train_cpu_seconds"),
+           "steps": ckpt.provenance.get("steps")}
+    (WORK / "control.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out))
+    return 0
+
+
+def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
+    from nsr_edge.hub import zoo_card
+
+    res = _json(dispatch_work / "results.json")
+    if not res:
+        raise SystemExit(f"no {dispatch_work / 'results.json'}: run bench/dispatch.py first")
+    out = []
+    for name, (zoo_id, kind, form) in ARTIFACTS.items():
+        if name not in res["latency"]:
+            continue
+        card = zoo_card(zoo_id)
+        fp32 = {r["dataset"]: r["psnr_y"] for r in card["results"]}
+        out.append({"artifact": name, "model": zoo_id, "kind": kind, "form": form, "lat": res["latency"][name],
+                    "fp32": fp32, "int8": {d: v["psnr_y"] for d, v in res["psnr"].get(name, {}).items()},
+                    "budget": budget_hours(card), "lat_note": ""})
+    control = _json(WORK / "control.json")
+    if control and CONTROL_OF in res["latency"]:
+        base = zoo_card(ARTIFACTS[CONTROL_OF][0])
+        hours = float(budget_hours(base).lstrip("<=")) + (control["cpu_seconds"] or 0) / 3600
+        out.append({"artifact": f"{CONTROL} INT8", "model": CONTROL, "kind": "dense, equal MACs, +10k steps",
+                    "form": "one program", "lat": res["latency"][CONTROL_OF], "fp32": control["fp32"],
+                    "int8": control["int8"], "budget": f"<={hours:.2f}",
+                    "lat_note": f"the `{CONTROL_OF}` program's (same graph, other weights)"})
+    for r in out:
+        r["mean_fp32"] = sum(r["fp32"][d] for d in SETS_FP32) / len(SETS_FP32)
+        r["mean_int8"] = (sum(r["int8"][d] for d in SETS_INT8) / len(SETS_INT8)
+                          if all(d in r["int8"] for d in SETS_INT8) else None)
+    return out, res
+
+
+def mark_fronts(rs: list[dict]) -> None:
+    for key in ("mean_fp32", "mean_int8", "set5_fp32"):
+        pts = [r for r in rs if _q(r, key) is not None]
+        on = {id(pts[i]) for i in pareto_front([(r["lat"]["min_ms"], _q(r, key)) for r in pts])}
+        for r in rs:
+            r[f"front_{key}"] = id(r) in on
+
+
+def _q(r: dict, key: str) -> float | None:
+    return r["fp32"]["set5"] if key == "set5_fp32" else r.get(key)
+
+
+def plot(rs: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = [("mean_fp32", "FP32 Y-PSNR, mean of Set5/Set14/BSD100 (dB)"),
+              ("mean_int8", "INT8 Y-PSNR, mean of Set5/Set14, 64 px deploy tiles (dB)")]
+    colors = {"dense": "tab:blue", "NSR soft": "tab:green", "NSR hard top-1": "tab:orange"}
+    for ax, (key, label) in zip(axes, panels):
+        pts = [r for r in rs if _q(r, key) is not None]
+        for r in pts:
+            color = next(c for k, c in colors.items() if r["kind"].startswith(k))
+            marker = "s" if "dispatch" in r["form"] else "^" if "routing inside" in r["form"] else "o"
+            ax.scatter(r["lat"]["min_ms"], _q(r, key), marker=marker, color=color, s=45, zorder=3)
+            ax.annotate(r["model"] + (" (dispatch)" if "dispatch" in r["form"] else ""),
+                        (r["lat"]["min_ms"], _q(r, key)), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = sorted((r for r in pts if r[f"front_{key}"]), key=lambda r: r["lat"]["min_ms"])
+        ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2)
+        ax.scatter([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], s=180, facecolors="none",
+                   edgecolors="k", zorder=4)
+        ax.set_xlabel("ExecuTorch INT8 latency per 64 px tile, 1 thread, min (ms)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="o", ls="", color="tab:blue", label="dense (one program)"),
+               Line2D([], [], marker="o", ls="", color="tab:green", label="NSR soft (output mixing)"),
+               Line2D([], [], marker="^", ls="", color="tab:orange", label="NSR hard, routing in one program"),
+               Line2D([], [], marker="s", ls="", color="tab:orange", label="NSR hard, host dispatch"),
+               Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
+    axes[1].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.suptitle("SR x2 zoo models (1-3 CPU-hours each): Y-PSNR vs measured INT8 latency")
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=110)
+
+
+END = "<!-- end of generated part: what follows is written by hand and kept by `bench/front_zoo.py report` -->"
+
+
+def cmd_report(args) -> int:
+    rs, res = rows(Path(args.dispatch_work))
+    mark_fronts(rs)
+    plot(rs)
+    load = res.get("load", [[float("nan")]] * 2)
+    timing = _json(Path(args.dispatch_work) / "latency.json")
+    L = ["# The accuracy-latency front at the zoo's budget, SR x2 (issue 15 item 3)", "",
+         "Produced by `bench/front_zoo.py report` from bench/dispatch.py's last run "
+         f"(`{timing.get('command', '-')}`: every artifact in one interleaved run, {timing.get('rounds', '-')} rounds x "
+         f"{timing.get('runs_per_round', '-')} runs, one 64 px tile per run, 1 thread, load average "
+         f"{load[0][0]:.1f} before / {load[1][0]:.1f} after) and the zoo cards; the control from `bench/front_zoo.py "
+         "control`. FP32: the zoo evaluation (reference protocol; hard models hard top-1). INT8: ExecuTorch/XNNPACK PT2E "
+         "PTQ, Y-PSNR through the 64 px deploy tiling. Budget: training CPU-hours, every stage (`<=`: a first stage "
+         "that recorded wall time only).", "",
+         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}.", "",
+         "| model | artifact | budget CPU-h | FP32 Set5 / Set14 / BSD100 | FP32 mean | INT8 Set5 / Set14 | INT8 mean "
+         "| INT8 ms min | median | on front (FP32 mean / INT8 mean / FP32 Set5) |",
+         "|---|---|---:|---|---:|---|---:|---:|---:|---|"]
+    for r in sorted(rs, key=lambda r: r["lat"]["min_ms"]):
+        i8 = " / ".join(f"{r['int8'][d]:.3f}" for d in SETS_INT8 if d in r["int8"]) or "-"
+        L.append(f"| `{r['model']}` ({r['kind']}) | {r['form']} | {r['budget']} | "
+                 + " / ".join(f"{r['fp32'][d]:.3f}" for d in SETS_FP32) + f" | {r['mean_fp32']:.3f} | {i8} | "
+                 + (f"{r['mean_int8']:.3f}" if r["mean_int8"] is not None else "-")
+                 + f" | {r['lat']['min_ms']:.2f}" + (f" ({r['lat_note']})" if r["lat_note"] else "")
+                 + f" | {r['lat']['median_ms']:.2f} | "
+                 + " / ".join("yes" if r[f"front_{k}"] else "no" for k in ("mean_fp32", "mean_int8", "set5_fp32"))
+                 + " |")
+    on = {k: [f"{r['model']} ({r['form']})" for r in rs if r["kind"].startswith("NSR hard") and r[f"front_{k}"]]
+          for k in ("mean_fp32", "mean_int8", "set5_fp32")}
+    L += ["", "![Y-PSNR vs INT8 latency, zoo models](front_zoo.png)", "",
+          "Computed from the table: hard NSR artifacts on the FP32-mean front: " + (", ".join(on["mean_fp32"]) or "none")
+          + "; on the INT8-mean front: " + (", ".join(on["mean_int8"]) or "none") + "; on the FP32 Set5 front: "
+          + (", ".join(on["set5_fp32"]) or "none") + ".", "", END]
+    write_keeping_hand_written(DOC, L, END)
+    print(f"wrote {DOC} and {PNG}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("control")
+    rep = sub.add_parser("report")
+    rep.add_argument("--dispatch-work", default=str(ROOT / "runs" / "bench_dispatch"),
+                     help="bench/dispatch.py's --work folder (its results.json and latency.json)")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    return {"control": cmd_control, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
