@@ -1,0 +1,54 @@
+"""bench/front_zoo.py: the zoo-budget front's rows come from bench/dispatch.py's results and the zoo cards; the
+equal-budget control takes the equal-MACs program's latency (same graph) and its own accuracy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import front_zoo  # noqa: E402
+
+
+def _dispatch_results(folder: Path) -> Path:
+    folder.mkdir()
+    lat = {"dense eqP INT8": 5.0, "dense eqM INT8": 1.8, "NSR hard in-program/block INT8": 2.0,
+           "NSR hard dispatch/block INT8": 2.5, "dense eqM FP32 ORT": 3.9}
+    psnr = {n: {"set5": {"psnr_y": 37.0 + i / 10}, "set14": {"psnr_y": 32.5}} for i, n in enumerate(lat)}
+    (folder / "results.json").write_text(json.dumps(
+        {"latency": {n: {"min_ms": v, "median_ms": v * 1.2} for n, v in lat.items()}, "psnr": psnr,
+         "load": [[1.0], [1.2]]}))
+    return folder
+
+
+def test_rows_take_latency_from_dispatch_and_fp32_from_the_cards(tmp_path, monkeypatch):
+    monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
+    rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
+    by = {r["artifact"]: r for r in rs}
+    assert set(by) == {"dense eqP INT8", "dense eqM INT8", "NSR hard in-program/block INT8",
+                       "NSR hard dispatch/block INT8"}  # ExecuTorch INT8 only: no ORT row, no control yet
+    hard = by["NSR hard in-program/block INT8"]
+    card = json.loads((BENCH.parent / "zoo" / "nsr_sr_x2_hard" / "card.json").read_text())
+    assert hard["fp32"] == {r["dataset"]: r["psnr_y"] for r in card["results"]}
+    assert hard["lat"]["min_ms"] == 2.0 and hard["int8"] == {"set5": 37.2, "set14": 32.5}
+
+
+def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
+    monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "control.json").write_text(json.dumps(
+        {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
+         "cpu_seconds": 1800.0, "steps": 10000}))
+    rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
+    control = next(r for r in rs if r["model"] == front_zoo.CONTROL)
+    assert control["lat"]["min_ms"] == 1.8 and "same graph" in control["lat_note"]
+    eqm = json.loads((BENCH.parent / "zoo" / "dense_sr_x2_eqmacs" / "card.json").read_text())
+    assert float(control["budget"].lstrip("<=")) == pytest.approx(
+        sum(st.get("cpu_seconds") or st["train_seconds"] for st in eqm["training_stages"]) / 3600 + 0.5, abs=0.006)
+    front_zoo.mark_fronts(rs)
+    # the control is as fast as eqM and more accurate (FP32 mean 33.87 vs the card's), so eqM is off that front
+    assert control["front_mean_fp32"] and not next(r for r in rs if r["artifact"] == "dense eqM INT8")["front_mean_fp32"]
