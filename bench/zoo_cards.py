@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    HARD_JOBS, RUNS as LONG_RUNS, command as long_command, start_run, steps_of, x2_counterpart)
+    HARD_JOBS, RUNS as LONG_RUNS, command as long_command, start_run, steps_of)
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
