@@ -447,10 +447,16 @@ def mark_fronts(rs: list[dict]) -> dict[str, list[int]]:
     """Pareto fronts over the artifacts: every timed artifact is its own point (an NSR model's dispatch and in-program
     artifacts share its accuracy but not its latency). Sets r["front_<key>"] on every row; returns, per key, the
     indices of the front among the rows with a latency and that quality (the order `_plot` draws them in)."""
+    return mark_pareto(rs, ("mean3", "int8_set5"), _q)
+
+
+def mark_pareto(rs: list[dict], keys, quality) -> dict[str, list[int]]:
+    """For each key: the Pareto front over the rows with a latency and a quality (``quality(row, key)``); sets
+    r["front_<key>"] on every row and returns, per key, the front's indices among those rows."""
     fronts = {}
-    for key in ("mean3", "int8_set5"):
-        pts = [r for r in rs if r.get("lat") and _q(r, key) is not None]
-        fronts[key] = pareto_front([(r["lat"]["min_ms"], _q(r, key)) for r in pts])
+    for key in keys:
+        pts = [r for r in rs if r.get("lat") and quality(r, key) is not None]
+        fronts[key] = pareto_front([(r["lat"]["min_ms"], quality(r, key)) for r in pts])
         on = {id(pts[i]) for i in fronts[key]}
         for r in rs:
             r[f"front_{key}"] = id(r) in on

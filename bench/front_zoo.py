@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from front import pareto_front  # noqa: E402
+from front import mark_pareto  # noqa: E402
 from generated_doc import write_keeping_hand_written  # noqa: E402
 from train_zoo_long import RUNS as LONG_RUNS  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
@@ -122,11 +122,7 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
 
 
 def mark_fronts(rs: list[dict]) -> None:
-    for key in FRONT_KEYS:
-        pts = [r for r in rs if _q(r, key) is not None]
-        on = {id(pts[i]) for i in pareto_front([(r["lat"]["min_ms"], _q(r, key)) for r in pts])}
-        for r in rs:
-            r[f"front_{key}"] = id(r) in on
+    mark_pareto(rs, FRONT_KEYS, _q)
 
 
 def _q(r: dict, key: str) -> float | None:
