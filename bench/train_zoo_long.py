@@ -25,6 +25,11 @@ steps) from the finished `nsr_sr_x2` run instead of the first-stage zoo model.
 `dense_sr_x2_eqmacs_plus10k` is its control: the continued equal-MACs dense model given the same extra steps (same
 lr, schedule and patches, no routing options), so that the hard model and the dense model of equal MACs compare at
 equal budget (the zoo point of docs/front.md). A bench run, not a zoo model.
+
+`<x3 id>_plus3k` is a third stage for the three x3 models alike (NSR and both dense baselines): FINAL_STEPS more
+steps of the same patches from the finished x3 run at a lower learning rate (FINAL_LR, cosine to 0). It exists
+because the x3 NSR model ended 0.02 dB below FSRCNN on Set5; its run is what bench/zoo_cards.py --from-long
+publishes under the x3 id, with every stage in the card.
 """
 
 from __future__ import annotations
@@ -51,11 +56,16 @@ HARD_JOBS = {"nsr_sr_x2_hard": "nsr_sr_x2"}
 HARD_STEPS = 10000  # as bench/train_zoo.py's hard fine-tune of the first stage
 # Controls: a dense model given a hard fine-tune's extra steps (same recipe without routing): job -> its start run.
 CONTROL_JOBS = {"dense_sr_x2_eqmacs_plus10k": "dense_sr_x2_eqmacs"}
-JOBS += list(HARD_JOBS) + list(CONTROL_JOBS)
+# Final low-lr stages, each published under the model it continues (the same for an NSR model and its baselines).
+FINAL_STAGE_JOBS = {f"{x3}_plus3k": x3 for x3 in ("nsr_sr_x3", "dense_sr_x3_eqmacs", "dense_sr_x3_eqparams")}
+FINAL_STEPS, FINAL_LR = 3000, 1e-4
+JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS)
 
 
 def x2_counterpart(zoo_id: str) -> str | None:
-    """The x2 job an x3/x4 job starts from (same kind), None for an x2 job."""
+    """The x2 job an x3/x4 job starts from (same kind), None for an x2 job or a later stage of an x3/x4 job."""
+    if zoo_id in FINAL_STAGE_JOBS:
+        return None
     for s in (3, 4):
         if f"_sr_x{s}" in zoo_id:
             return zoo_id.replace(f"_sr_x{s}", "_sr_x2")
@@ -63,6 +73,8 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 
 def steps_of(zoo_id: str) -> int:
+    if zoo_id in FINAL_STAGE_JOBS:
+        return FINAL_STEPS
     if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return HARD_STEPS
     return SCALE_STEPS if x2_counterpart(zoo_id) else LONG_STEPS
@@ -71,7 +83,13 @@ def steps_of(zoo_id: str) -> int:
 def start_run(zoo_id: str) -> str | None:
     """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
     run it fine-tunes), None when it starts from a zoo model's first stage."""
-    return HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or x2_counterpart(zoo_id)
+    return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
+            or x2_counterpart(zoo_id))
+
+
+def published_run(zoo_id: str) -> str:
+    """The job whose run the zoo publishes as `zoo_id`: its final stage when it has one, else its own run."""
+    return next((job for job, model in FINAL_STAGE_JOBS.items() if model == zoo_id), zoo_id)
 
 
 def init_source(zoo_id: str) -> str:
@@ -89,7 +107,7 @@ def init_source(zoo_id: str) -> str:
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
     hard = zoo_id in HARD_JOBS
-    lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else r["lr"]
+    lr = (HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"])
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
             "--init-from", init_source(zoo_id),
             *(["--scale", zoo_id.split("_sr_x")[1][0]] if x2_counterpart(zoo_id) else []),

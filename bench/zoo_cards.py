@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    HARD_JOBS, RUNS as LONG_RUNS, command as long_command, start_run, steps_of)
+    FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run, steps_of)
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -136,28 +136,38 @@ def earlier_stages(job) -> list[dict]:
              "this run: its wall time at 1 thread is counted")])[:1]
 
 
+def run_stage(run_id: str, ckpt: Checkpoint, kind: str) -> dict:
+    """One bench/train_zoo_long.py run as a card's training stage, with the command that reproduces it once the zoo
+    holds the model (an x2 continuation starts from the first stage that bench/train_zoo.py retrains)."""
+    cmd = long_command(run_id)[3:]
+    if not start_run(run_id):
+        cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{run_id}/model.pt"
+    return _stage(kind,
+                  "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
+                  ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
+                  reproduce=f".venv/bin/python bench/train_zoo_long.py {run_id}",
+                  **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
+
+
 def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
-    """Publish a finished bench/train_zoo_long.py run; the card lists every stage of its training budget."""
+    """Publish a finished bench/train_zoo_long.py run (its final stage's, when it has one); the card lists every stage
+    of its training budget."""
     card_path = ZOO_DIR / job.id / "card.json"
     replaced_sha256 = json.loads(card_path.read_text())["sha256"]  # what fine-tunes of the old zoo model started from
     before = earlier_stages(job)
-    # The run as it is reproduced once the zoo holds it: an x2 continuation from the first stage that
-    # bench/train_zoo.py retrains; x3/x4 from the x2 run's model; a hard fine-tune from the soft run's model.
     start = start_run(job.id)
-    cmd = long_command(job.id)[3:]
-    if not start:
-        cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{job.id}/model.pt"
     kind = ("continuation" if not start else f"hard top-1 fine-tune of {start}" if job.id in HARD_JOBS
             else f"x{ckpt.config.scale} from the x2 body")
-    last = _stage(kind,
-                  "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
-                  ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
-                  reproduce=f".venv/bin/python bench/train_zoo_long.py {job.id}",
-                  **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
+    final = published_run(job.id)
+    if final == job.id:
+        ours = [run_stage(job.id, ckpt, kind)]
+    else:  # the job's own run, then its final stage (whose checkpoint is the one published)
+        ours = [run_stage(job.id, load_checkpoint(LONG_RUNS / job.id / "last.pt"), kind),
+                run_stage(final, ckpt, f"final stage at lr {FINAL_LR:g}")]
     card = publish(job, ckpt, results)
     card["training"]["init_from"] = (f"zoo/{job.id}/model.pt as first published (training_stages[0])"
                                      if not start else f"zoo/{start}/model.pt")
-    card["training_stages"] = [*before, last]
+    card["training_stages"] = [*before, *ours]
     card["train_command"] = " && ".join(st["command"] for st in card["training_stages"])
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     _pin_fine_tunes(job.id, replaced_sha256)
@@ -227,7 +237,8 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
     if any("training_stages" in c for c in cards):
         lines += ["Models with two stages were trained as zoo models, then continued with a longer schedule "
                   "(bench/train_zoo_long.py: 48 px patches, cosine from 5e-4); their dense baselines got the same "
-                  "continuation. Train CPU-h is the whole budget (every stage; `training_stages` in the card).", ""]
+                  "continuation; the x3 models (NSR and both baselines alike) then a final stage at a lower learning rate. "
+                  "Train CPU-h is the whole budget (every stage; `training_stages` in the card).", ""]
     lines += ["Train CPU-h: the CPU time of the training runs behind the model, 1 thread; `<=`: a run that recorded only "
               "its wall time (an upper bound on a shared machine). A hard top-1 row without `training_stages` counts "
               "its fine-tune alone.", ""]
@@ -260,12 +271,18 @@ def reevaluate(zoo_id: str) -> dict | None:
     return card
 
 
-def publish_continuation(job) -> dict | None:
-    run = LONG_RUNS / job.id / "last.pt"
+def finished_run(run_id: str) -> Checkpoint:
+    run = LONG_RUNS / run_id / "last.pt"
     ckpt = load_checkpoint(run) if run.is_file() else None
-    if ckpt is None or ckpt.provenance.get("steps") != steps_of(job.id):
-        raise SystemExit(f"{job.id}: {run.relative_to(ROOT)} is not a finished run "
-                         f"({ckpt.provenance.get('steps') if ckpt else 0} of {steps_of(job.id)} steps)")
+    if ckpt is None or ckpt.provenance.get("steps") != steps_of(run_id):
+        raise SystemExit(f"{run_id}: {run.relative_to(ROOT)} is not a finished run "
+                         f"({ckpt.provenance.get('steps') if ckpt else 0} of {steps_of(run_id)} steps)")
+    return ckpt
+
+
+def publish_continuation(job) -> dict | None:
+    finished_run(job.id)  # a final stage is published only on top of its finished start run
+    ckpt = finished_run(published_run(job.id))
     results = evaluate_checkpoint(job.id, ckpt)
     card = publish_long(job, ckpt, results)
     print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)

@@ -17,6 +17,7 @@ from nsr_edge.runtime.files import file_sha256
 from nsr_edge.runtime.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from train_zoo_long import FINAL_STAGE_JOBS, command, published_run  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
 
 ZOO = zoo_ids()
@@ -67,6 +68,25 @@ def test_dense_baseline_got_the_same_training_as_its_nsr_model(zoo_id):
         return [tuple(st.get(k) for k in STAGE_RECIPE) for st in c.get("training_stages") or [c["training"]]]
 
     assert recipe(card) == recipe(nsr)
+
+
+def test_a_final_stage_is_given_to_a_model_and_its_dense_baselines_alike():
+    """bench/train_zoo_long.py's final low-lr stages: an NSR model gets one only together with its baselines, with the
+    same options (only the run and start folders differ), and the zoo publishes the final stage's run."""
+    staged = set(FINAL_STAGE_JOBS.values())
+    for zoo_id in staged:
+        card = zoo_card(zoo_id)
+        nsr_id = card["baseline_of"] or zoo_id
+        family = {nsr_id} | {z for z in ZOO if zoo_card(z).get("baseline_of") == nsr_id
+                             and zoo_card(z).get("baseline_kind") in ("equal-macs", "equal-params")}
+        assert family <= staged, f"{zoo_id}: final stage without {sorted(family - staged)}"
+
+    def options(job):
+        cmd = command(job)
+        return [a for i, a in enumerate(cmd) if i >= 3 and cmd[i - 1] not in ("--out", "--init-from")]
+
+    assert len({tuple(options(job)) for job in FINAL_STAGE_JOBS}) == 1
+    assert all(published_run(model) == job for job, model in FINAL_STAGE_JOBS.items())
 
 
 def test_published_number_is_what_eval_gives():
