@@ -18,9 +18,9 @@ x3 and x4 start from the finished x2 run of the same kind (`--init-from runs/zoo
 the body carries over, the output convs start fresh; EDSR pre-trains x3/x4 at x2 the same way), then SCALE_STEPS
 steps at their own scale with the same recipe: their budget is the x2 model's plus these steps.
 
-`nsr_sr_x2_hard` is the hard top-1 deploy variant of the continued x2 model: bench/train_zoo.py's hard fine-tune
-(straight-through, shared routing, load balance 0.01, 48 px, lr 2e-4, here with the cosine decay; HARD_STEPS
-steps) from the finished `nsr_sr_x2` run instead of the first-stage zoo model.
+`nsr_sr_x{2,3,4}_hard` are the hard top-1 deploy variants of the continued models: bench/train_zoo.py's hard
+fine-tune (straight-through, shared routing, load balance 0.01, 48 px, lr 2e-4, here with the cosine decay;
+HARD_STEPS steps) from the finished run the zoo publishes (x3: its final stage) instead of the first-stage zoo model.
 
 `dense_sr_x2_eqmacs_plus10k` is its control: the continued equal-MACs dense model given the same extra steps (same
 lr, schedule and patches, no routing options), so that the hard model and the dense model of equal MACs compare at
@@ -52,7 +52,8 @@ RECIPE = {"patch_size": 48, "batch_size": 16, "lr": 5e-4, "schedule": "cosine", 
 JOBS = [f"{kind}_sr_x{s}{suffix}" for s in (2, 3, 4)
         for kind, suffix in (("nsr", ""), ("dense", "_eqmacs"), ("dense", "_eqparams"))]
 # Hard top-1 fine-tunes of a finished continuation (the deploy form a dispatch artifact runs): job -> its start run.
-HARD_JOBS = {"nsr_sr_x2_hard": "nsr_sr_x2"}
+# A job starts from the run its model publishes (for x3 its final stage: `published_run`).
+HARD_JOBS = {f"nsr_sr_x{s}_hard": f"nsr_sr_x{s}" for s in (2, 3, 4)}
 HARD_STEPS = 10000  # as bench/train_zoo.py's hard fine-tune of the first stage
 # Controls: a dense model given a hard fine-tune's extra steps (same recipe without routing): job -> its start run.
 CONTROL_JOBS = {"dense_sr_x2_eqmacs_plus10k": "dense_sr_x2_eqmacs"}
@@ -63,8 +64,9 @@ JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS)
 
 
 def x2_counterpart(zoo_id: str) -> str | None:
-    """The x2 job an x3/x4 job starts from (same kind), None for an x2 job or a later stage of an x3/x4 job."""
-    if zoo_id in FINAL_STAGE_JOBS:
+    """The x2 job an x3/x4 job starts from (same kind), None for an x2 job or a later stage of an x3/x4 job (a final
+    stage, a hard fine-tune: same scale as the run they start from)."""
+    if zoo_id in FINAL_STAGE_JOBS or zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return None
     for s in (3, 4):
         if f"_sr_x{s}" in zoo_id:
@@ -97,7 +99,8 @@ def init_source(zoo_id: str) -> str:
     continued model is published (its card lists `training_stages`), the first stage as bench/train_zoo.py reproduces
     it (runs/zoo/<id>/model.pt), so that rerunning this job never continues an already continued model."""
     if start := start_run(zoo_id):
-        return str(RUNS / start / "model.pt")
+        # A final stage continues its model's own run; anything else starts from the run that model publishes.
+        return str(RUNS / (start if zoo_id in FINAL_STAGE_JOBS else published_run(start)) / "model.pt")
     card = ROOT / "zoo" / zoo_id / "card.json"
     if card.is_file() and "training_stages" not in json.loads(card.read_text()):
         return zoo_id
