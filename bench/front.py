@@ -417,8 +417,11 @@ def _plot(rs: list[dict], fronts: dict[str, list[int]]) -> None:
             style = {"dispatch_int8": ("s", "tab:red"), "inprogram_int8": ("^", "tab:orange")}.get(
                 r["variant"], ("o", "tab:blue"))
             ax.scatter(r["lat"]["min_ms"], _q(r, key), marker=style[0], color=style[1], s=45, zorder=3)
-            ax.annotate(f"{r['name']}" + (" (in-program)" if r["variant"] == "inprogram_int8" else ""),
-                        (r["lat"]["min_ms"], _q(r, key)), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            # In-program points sit just left of the same model's dispatch point: label them on their left.
+            left = r["variant"] == "inprogram_int8"
+            ax.annotate(f"{r['name']}" + (" (in-program)" if left else ""), (r["lat"]["min_ms"], _q(r, key)),
+                        fontsize=7, xytext=(-4 if left else 4, 3), textcoords="offset points",
+                        ha="right" if left else "left")
         front = sorted((pts[i] for i in fronts[key]), key=lambda r: r["lat"]["min_ms"])
         ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2)
         ax.scatter([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], s=180, facecolors="none",
@@ -431,7 +434,7 @@ def _plot(rs: list[dict], fronts: dict[str, list[int]]) -> None:
                Line2D([], [], marker="s", ls="", color="tab:red", label="NSR hard, host dispatch"),
                Line2D([], [], marker="^", ls="", color="tab:orange", label="NSR hard, in one program"),
                Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
-    axes[0].legend(handles=handles, fontsize=8, loc="center right")
+    axes[0].legend(handles=handles, fontsize=8, loc="upper right")
     fig.suptitle(f"SR x2: Y-PSNR vs measured INT8 latency, every model trained {BUDGET_CPU_S / 60:.0f} CPU-minutes")
     fig.tight_layout()
     fig.savefig(PNG, dpi=110)
