@@ -84,7 +84,7 @@ def steps_of(zoo_id: str) -> int:
 
 def start_run(zoo_id: str) -> str | None:
     """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
-    run it fine-tunes), None when it starts from a zoo model's first stage."""
+    run it fine-tunes; a final stage: the run it continues), None when it starts from a zoo model's first stage."""
     return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
             or x2_counterpart(zoo_id))
 
@@ -110,7 +110,7 @@ def init_source(zoo_id: str) -> str:
 def command(zoo_id: str) -> list[str]:
     r = RECIPE
     hard = zoo_id in HARD_JOBS
-    lr = (HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"])
+    lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"]
     return [sys.executable, "-m", "nsr_edge.cli", "train", "--out", str(RUNS / zoo_id),
             "--init-from", init_source(zoo_id),
             *(["--scale", zoo_id.split("_sr_x")[1][0]] if x2_counterpart(zoo_id) else []),

@@ -149,9 +149,9 @@ def run_stage(run_id: str, ckpt: Checkpoint, kind: str) -> dict:
                   **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
 
 
-def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
-    """Publish a finished bench/train_zoo_long.py run (its final stage's, when it has one); the card lists every stage
-    of its training budget."""
+def publish_long(job, ckpt: Checkpoint, results: list[dict], own: Checkpoint) -> dict:
+    """Publish a finished bench/train_zoo_long.py run (``ckpt``: its final stage's when it has one, else ``own``, the
+    job's own run); the card lists every stage of its training budget."""
     card_path = ZOO_DIR / job.id / "card.json"
     replaced_sha256 = json.loads(card_path.read_text())["sha256"]  # what fine-tunes of the old zoo model started from
     before = earlier_stages(job)
@@ -162,7 +162,7 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict]) -> dict:
     if final == job.id:
         ours = [run_stage(job.id, ckpt, kind)]
     else:  # the job's own run, then its final stage (whose checkpoint is the one published)
-        ours = [run_stage(job.id, load_checkpoint(LONG_RUNS / job.id / "last.pt"), kind),
+        ours = [run_stage(job.id, own, kind),
                 run_stage(final, ckpt, f"final stage at lr {FINAL_LR:g}")]
     card = publish(job, ckpt, results)
     card["training"]["init_from"] = (f"zoo/{job.id}/model.pt as first published (training_stages[0])"
@@ -281,10 +281,11 @@ def finished_run(run_id: str) -> Checkpoint:
 
 
 def publish_continuation(job) -> dict | None:
-    finished_run(job.id)  # a final stage is published only on top of its finished start run
-    ckpt = finished_run(published_run(job.id))
+    own = finished_run(job.id)  # a final stage is published only on top of its finished start run
+    final = published_run(job.id)
+    ckpt = own if final == job.id else finished_run(final)
     results = evaluate_checkpoint(job.id, ckpt)
-    card = publish_long(job, ckpt, results)
+    card = publish_long(job, ckpt, results, own)
     print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)
     return card
 
