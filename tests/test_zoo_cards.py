@@ -17,7 +17,7 @@ from nsr_edge.runtime.files import file_sha256
 from nsr_edge.runtime.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from train_zoo_long import FINAL_STAGE_JOBS, command, published_run  # noqa: E402
+from train_zoo_long import DISTILLED_JOBS, FINAL_STAGE_JOBS, command, published_run  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
 
 ZOO = zoo_ids()
@@ -87,6 +87,20 @@ def test_a_final_stage_is_given_to_a_model_and_its_dense_baselines_alike():
 
     assert len({tuple(options(job)) for job in FINAL_STAGE_JOBS}) == 1
     assert all(published_run(model) == job for job, model in FINAL_STAGE_JOBS.items())
+
+
+def test_a_distilled_job_is_its_copy_plus_one_teacher():
+    """The distilled hard fine-tune and its distilled dense control differ from their undistilled jobs only by their
+    run folder and the same teacher (a fair comparison: the dense model gets the same help)."""
+    teachers = set()
+    for job, copied in DISTILLED_JOBS.items():
+        cmd, base = command(job), command(copied)
+        out = cmd.index("--out") + 1
+        assert cmd[out].endswith(job) and cmd[:out] + cmd[out + 1:len(base)] == base[:out] + base[out + 1:]
+        extra = cmd[len(base):]
+        assert extra[0] == "--distill-from" and extra[2] == "--distill-weight" and len(extra) == 4
+        teachers.add(tuple(extra))
+    assert len(teachers) == 1
 
 
 def test_published_number_is_what_eval_gives():
