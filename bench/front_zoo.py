@@ -3,7 +3,9 @@ models (about 1-3 CPU-hours each, not docs/front.md's 12 CPU-minutes) as ExecuTo
 equal-budget control that makes the hard model's comparison fair.
 
     .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k --compile   # the control (bench run)
-    .venv/bin/python bench/front_zoo.py control       # control: FP32 eval, INT8 artifact, INT8 Set5/Set14
+    .venv/bin/python bench/train_zoo_long.py nsr_sr_x2_hard_kd --compile            # distilled hard fine-tune
+    .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k_kd --compile  # its distilled control
+    .venv/bin/python bench/front_zoo.py runs          # each finished bench run: FP32 eval, INT8 artifact, INT8 Y-PSNR
     .venv/bin/python bench/front_zoo.py report        # docs/front_zoo.md + docs/front_zoo.png
 
 Latency and INT8 accuracy of the zoo models come from bench/dispatch.py's last run (its results.json: one
@@ -11,8 +13,10 @@ interleaved timing run of every artifact, 64 px tiles, 1 thread; INT8 Y-PSNR thr
 accuracy and training budget from the zoo cards. Why a control: `nsr_sr_x2_hard` is the continued `nsr_sr_x2`
 fine-tuned for 10,000 more steps; the published equal-MACs dense model did not get those steps, so the control
 (`dense_sr_x2_eqmacs_plus10k`, bench/train_zoo_long.py) is that dense model given the same 10,000 steps with the same
-lr, schedule and patches. Its INT8 program is the equal-MACs dense program with other weights: its latency is that
-artifact's (XNNPACK's int8 conv time does not depend on weight values), stated as such in the table.
+lr, schedule and patches. The distilled runs (`_kd`, issue 15 item 4) are the same two fine-tunes with L1 to the soft
+`nsr_sr_x2`'s output added to the loss, for both alike. Each bench run's INT8 program is a timed artifact's program
+with other weights: its latency is that artifact's (XNNPACK's int8 conv time does not depend on weight values; hard
+routing picks one of k banks of one shape), stated as such in the table.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +35,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from front import mark_pareto  # noqa: E402
 from generated_doc import write_keeping_hand_written  # noqa: E402
-from train_zoo_long import RUNS as LONG_RUNS  # noqa: E402
+from train_zoo_long import RUNS as LONG_RUNS, start_run  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
 
-CONTROL = "dense_sr_x2_eqmacs_plus10k"
-CONTROL_OF = "dense eqM INT8"  # the dispatch-bench artifact whose program the control shares
+
+@dataclass(frozen=True)
+class BenchRun:
+    """A bench/train_zoo_long.py run shown beside the zoo models: a zoo model's graph with other weights."""
+    shares: str  # the dispatch-bench artifact whose program (hence latency) it has
+    kind: str
+    strategy: str | None = None  # `nsr-edge convert --strategy` for its INT8 artifact
+
+
+BENCH_RUNS = {
+    "dense_sr_x2_eqmacs_plus10k": BenchRun("dense eqM INT8", "dense, equal MACs, +10k steps"),
+    "dense_sr_x2_eqmacs_plus10k_kd": BenchRun("dense eqM INT8", "dense, equal MACs, +10k steps distilled"),
+    "nsr_sr_x2_hard_kd": BenchRun("NSR hard in-program/block INT8", "NSR hard top-1, distilled", "hard"),
+}
+CONTROL = "dense_sr_x2_eqmacs_plus10k"  # the hard fine-tune's equal-budget control
 WORK = ROOT / "runs" / "front_zoo"
 SETS_FP32 = ("set5", "set14", "bsd100")
 SETS_INT8 = ("set5", "set14")
@@ -55,11 +73,24 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cmd_control(args) -> int:
-    """FP32 Y-PSNR of the finished control run (the zoo evaluation) and its INT8 artifact's Y-PSNR on the deploy
-    tiling (as bench/dispatch.py measures the zoo models)."""
+def cmd_runs(args) -> int:
+    """For each finished bench run: FP32 Y-PSNR (the zoo evaluation) and its INT8 artifact's Y-PSNR on the deploy
+    tiling (as bench/dispatch.py measures the zoo models), in WORK/<run>.json."""
     import torch
 
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    for run_id in args.only or BENCH_RUNS:
+        if not (LONG_RUNS / run_id / "model.pt").is_file():
+            print(f"{run_id}: not finished, skipped (.venv/bin/python bench/train_zoo_long.py {run_id} --compile)")
+            continue
+        out = score_run(run_id)
+        (WORK / f"{run_id}.json").write_text(json.dumps(out, indent=1) + "\n")
+        print(run_id, json.dumps(out))
+    return 0
+
+
+def score_run(run_id: str) -> dict:
     from nsr_edge.checkpoint import load_checkpoint
     from nsr_edge.converters.pipeline import ConvertOptions, convert
     from nsr_edge.reference import reference_fn
@@ -69,26 +100,18 @@ def cmd_control(args) -> int:
     from zoo_cards import evaluate_checkpoint
     from bench.artifact_cache import is_current
 
-    torch.set_num_threads(1)
-    run = LONG_RUNS / CONTROL / "model.pt"
-    if not run.is_file():
-        raise SystemExit(f"{CONTROL} has not finished: .venv/bin/python bench/train_zoo_long.py {CONTROL} --compile")
-    WORK.mkdir(parents=True, exist_ok=True)
+    run = LONG_RUNS / run_id / "model.pt"
     ckpt = load_checkpoint(run)
-    fp32 = {r["dataset"]: r["psnr_y"] for r in evaluate_checkpoint(CONTROL, ckpt)}
-    folder = WORK / f"{CONTROL}_int8_t64"
+    fp32 = {r["dataset"]: r["psnr_y"] for r in evaluate_checkpoint(run_id, ckpt)}
+    folder = WORK / f"{run_id}_int8_t64"
     if not is_current(folder):
         convert(ConvertOptions(model=str(run), target="executorch", recipe="int8-ptq", tile=64, calibration_tiles=64,
-                               progress=False), str(folder), force=True)
+                               strategy=BENCH_RUNS[run_id].strategy, progress=False), str(folder), force=True)
     card = load_card(folder)
     sets = {d: task_images(card.task, d)[1] for d in SETS_INT8}
     reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card, run), progress=False)
-    int8 = {d: rep["summary"]["psnr_y"] for d, rep in reports.items()}
-    out = {"fp32": fp32, "int8": int8, "cpu_seconds": ckpt.provenance.get("train_cpu_seconds"),
-           "steps": ckpt.provenance.get("steps")}
-    (WORK / "control.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out))
-    return 0
+    return {"fp32": fp32, "int8": {d: rep["summary"]["psnr_y"] for d, rep in reports.items()},
+            "cpu_seconds": ckpt.provenance.get("train_cpu_seconds"), "steps": ckpt.provenance.get("steps")}
 
 
 def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
@@ -106,14 +129,15 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
         out.append({"artifact": name, "model": zoo_id, "kind": kind, "form": form, "lat": res["latency"][name],
                     "fp32": fp32, "int8": {d: v["psnr_y"] for d, v in res["psnr"].get(name, {}).items()},
                     "budget": budget_hours(card), "lat_note": ""})
-    control = _json(WORK / "control.json")
-    if control and CONTROL_OF in res["latency"]:
-        base = zoo_card(ARTIFACTS[CONTROL_OF][0])
-        hours = float(budget_hours(base).lstrip("<=")) + (control["cpu_seconds"] or 0) / 3600
-        out.append({"artifact": f"{CONTROL} INT8", "model": CONTROL, "kind": "dense, equal MACs, +10k steps",
-                    "form": "one program", "lat": res["latency"][CONTROL_OF], "fp32": control["fp32"],
-                    "int8": control["int8"], "budget": f"<={hours:.2f}",
-                    "lat_note": f"same graph as `{CONTROL_OF}`"})
+    for run_id, b in BENCH_RUNS.items():
+        scored = _json(WORK / f"{run_id}.json")
+        if not scored or b.shares not in res["latency"]:
+            continue
+        start = zoo_card(start_run(run_id))  # the zoo model the run continues: its budget comes first
+        hours = float(budget_hours(start).lstrip("<=")) + (scored["cpu_seconds"] or 0) / 3600
+        out.append({"artifact": f"{run_id} INT8", "model": run_id, "kind": b.kind, "form": ARTIFACTS[b.shares][2],
+                    "lat": res["latency"][b.shares], "fp32": scored["fp32"], "int8": scored["int8"],
+                    "budget": f"<={hours:.2f}", "lat_note": f"same graph as `{b.shares}`"})
     for r in out:
         r["mean_fp32"] = sum(r["fp32"][d] for d in SETS_FP32) / len(SETS_FP32)
         r["mean_int8"] = (sum(r["int8"][d] for d in SETS_INT8) / len(SETS_INT8)
@@ -181,10 +205,11 @@ def cmd_report(args) -> int:
          "Produced by `bench/front_zoo.py report` from bench/dispatch.py's last run "
          f"(`{timing.get('command', '-')}`: every artifact in one interleaved run, {timing.get('rounds', '-')} rounds x "
          f"{timing.get('runs_per_round', '-')} runs, one 64 px tile per run, 1 thread, load average "
-         f"{load[0][0]:.1f} before / {load[1][0]:.1f} after) and the zoo cards; the control from `bench/front_zoo.py "
-         "control`. FP32: the zoo evaluation (reference protocol; hard models hard top-1). INT8: ExecuTorch/XNNPACK PT2E "
+         f"{load[0][0]:.1f} before / {load[1][0]:.1f} after) and the zoo cards; the bench runs (the control, the distilled runs) from "
+         "`bench/front_zoo.py runs`. FP32: the zoo evaluation (reference protocol; hard models hard top-1). INT8: ExecuTorch/XNNPACK PT2E "
          "PTQ, Y-PSNR through the 64 px deploy tiling. Budget: training CPU-hours, every stage (`<=`: a first stage "
-         "that recorded wall time only).", "",
+         "that recorded wall time only); a distilled run's teacher is the soft `nsr_sr_x2`: counted "
+         "in the hard run's budget (its start), not in the dense run's.", "",
          f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}.", "",
          "| model | artifact | budget CPU-h | FP32 Set5 / Set14 / BSD100 | FP32 mean | INT8 Set5 / Set14 | INT8 mean "
          "| INT8 ms min | median | on front (FP32 mean / INT8 mean / FP32 Set5 / INT8 Set5) |",
@@ -213,13 +238,14 @@ def cmd_report(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("control")
+    runs = sub.add_parser("runs")
+    runs.add_argument("--only", nargs="*", choices=list(BENCH_RUNS))
     rep = sub.add_parser("report")
     rep.add_argument("--dispatch-work", default=str(ROOT / "runs" / "bench_dispatch"),
                      help="bench/dispatch.py's --work folder (its results.json and latency.json)")
     args = ap.parse_args()
     os.chdir(ROOT)
-    return {"control": cmd_control, "report": cmd_report}[args.cmd](args)
+    return {"runs": cmd_runs, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

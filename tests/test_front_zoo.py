@@ -40,7 +40,7 @@ def test_rows_take_latency_from_dispatch_and_fp32_from_the_cards(tmp_path, monke
 def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
     monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "control.json").write_text(json.dumps(
+    (tmp_path / "work" / f"{front_zoo.CONTROL}.json").write_text(json.dumps(
         {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
          "cpu_seconds": 1800.0, "steps": 10000}))
     rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
@@ -52,3 +52,17 @@ def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
     front_zoo.mark_fronts(rs)
     # the control is as fast as eqM and more accurate (FP32 mean 33.87 vs the card's), so eqM is off that front
     assert control["front_mean_fp32"] and not next(r for r in rs if r["artifact"] == "dense eqM INT8")["front_mean_fp32"]
+
+
+def test_a_distilled_hard_run_counts_from_its_soft_start_and_shares_the_in_program_latency(tmp_path, monkeypatch):
+    monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "nsr_sr_x2_hard_kd.json").write_text(json.dumps(
+        {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
+         "cpu_seconds": 3600.0, "steps": 10000}))
+    rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
+    kd = next(r for r in rs if r["model"] == "nsr_sr_x2_hard_kd")
+    assert kd["lat"]["min_ms"] == 2.0 and kd["form"] == "one program, routing inside"
+    soft = json.loads((BENCH.parent / "zoo" / "nsr_sr_x2" / "card.json").read_text())
+    assert float(kd["budget"].lstrip("<=")) == pytest.approx(
+        sum(st.get("cpu_seconds") or st["train_seconds"] for st in soft["training_stages"]) / 3600 + 1.0, abs=0.006)
