@@ -60,10 +60,13 @@ CONTROL_JOBS = {"dense_sr_x2_eqmacs_plus10k": "dense_sr_x2_eqmacs"}
 # Final low-lr stages, each published under the model it continues (the same for an NSR model and its baselines).
 FINAL_STAGE_JOBS = {f"{x3}_plus3k": x3 for x3 in ("nsr_sr_x3", "dense_sr_x3_eqmacs", "dense_sr_x3_eqparams")}
 FINAL_STEPS, FINAL_LR = 3000, 1e-4
-# Distilled variants (issue 15 item 4): a job's own run plus L1 to the soft NSR model's output (the teacher the hard
-# fine-tune starts from), for the hard fine-tune and its dense control alike: distilled job -> the job it copies.
-DISTILLED_JOBS = {f"{job}_kd": job for job in ("nsr_sr_x2_hard", "dense_sr_x2_eqmacs_plus10k")}
-TEACHER, DISTILL_WEIGHT = "nsr_sr_x2", 1.0
+# Distilled variants (issue 15 item 4): a job's own run plus L1 to the output of the soft NSR model of its scale (the
+# teacher a hard fine-tune starts from), at x2 for the hard fine-tune and its dense control alike:
+# distilled job -> (the job it copies, the teacher model, whose published run is used).
+DISTILLED_JOBS = {"nsr_sr_x2_hard_kd": ("nsr_sr_x2_hard", "nsr_sr_x2"),
+                  "dense_sr_x2_eqmacs_plus10k_kd": ("dense_sr_x2_eqmacs_plus10k", "nsr_sr_x2"),
+                  "nsr_sr_x3_hard_kd": ("nsr_sr_x3_hard", "nsr_sr_x3")}
+DISTILL_WEIGHT = 1.0
 JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS)
 
 
@@ -79,7 +82,7 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 
 def steps_of(zoo_id: str) -> int:
-    zoo_id = DISTILLED_JOBS.get(zoo_id, zoo_id)
+    zoo_id = DISTILLED_JOBS[zoo_id][0] if zoo_id in DISTILLED_JOBS else zoo_id
     if zoo_id in FINAL_STAGE_JOBS:
         return FINAL_STEPS
     if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
@@ -90,7 +93,7 @@ def steps_of(zoo_id: str) -> int:
 def start_run(zoo_id: str) -> str | None:
     """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
     run it fine-tunes; a final stage: the run it continues), None when it starts from a zoo model's first stage."""
-    zoo_id = DISTILLED_JOBS.get(zoo_id, zoo_id)
+    zoo_id = DISTILLED_JOBS[zoo_id][0] if zoo_id in DISTILLED_JOBS else zoo_id
     return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
             or x2_counterpart(zoo_id))
 
@@ -114,10 +117,11 @@ def init_source(zoo_id: str) -> str:
 
 
 def command(zoo_id: str) -> list[str]:
-    if copied := DISTILLED_JOBS.get(zoo_id):  # the copied job's command in its own folder, plus the teacher
+    if zoo_id in DISTILLED_JOBS:  # the copied job's command in its own folder, plus the teacher
+        copied, teacher = DISTILLED_JOBS[zoo_id]
         cmd = command(copied)
         cmd[cmd.index("--out") + 1] = str(RUNS / zoo_id)
-        return cmd + ["--distill-from", str(RUNS / published_run(TEACHER) / "model.pt"),
+        return cmd + ["--distill-from", str(RUNS / published_run(teacher) / "model.pt"),
                       "--distill-weight", str(DISTILL_WEIGHT)]
     r = RECIPE
     hard = zoo_id in HARD_JOBS

@@ -89,18 +89,21 @@ def test_a_final_stage_is_given_to_a_model_and_its_dense_baselines_alike():
     assert all(published_run(model) == job for job, model in FINAL_STAGE_JOBS.items())
 
 
-def test_a_distilled_job_is_its_copy_plus_one_teacher():
-    """The distilled hard fine-tune and its distilled dense control differ from their undistilled jobs only by their
-    run folder and the same teacher (a fair comparison: the dense model gets the same help)."""
-    teachers = set()
-    for job, copied in DISTILLED_JOBS.items():
+def test_a_distilled_job_is_its_copy_plus_its_scales_soft_teacher():
+    """A distilled job differs from the job it copies only by its run folder and the teacher, the soft NSR model of
+    its scale; at x2 the hard fine-tune and its dense control get the same teacher (the dense model gets the same
+    help: a fair comparison)."""
+    teachers = {}
+    for job, (copied, teacher) in DISTILLED_JOBS.items():
         cmd, base = command(job), command(copied)
         out = cmd.index("--out") + 1
         assert cmd[out].endswith(job) and cmd[:out] + cmd[out + 1:len(base)] == base[:out] + base[out + 1:]
         extra = cmd[len(base):]
         assert extra[0] == "--distill-from" and extra[2] == "--distill-weight" and len(extra) == 4
-        teachers.add(tuple(extra))
-    assert len(teachers) == 1
+        assert extra[1].endswith(f"/{published_run(teacher)}/model.pt") and zoo_card(teacher)["baseline_of"] is None
+        assert f"_sr_x{zoo_card(teacher)['scale']}" in job
+        teachers[job] = tuple(extra)
+    assert teachers["nsr_sr_x2_hard_kd"] == teachers["dense_sr_x2_eqmacs_plus10k_kd"]
 
 
 def test_published_number_is_what_eval_gives():
