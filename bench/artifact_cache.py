@@ -23,3 +23,19 @@ def is_current(folder: Path) -> bool:
     except UserError:
         return False
     return True
+
+
+def convert_unless_current(folder: Path, options, label: str) -> Path:
+    """``folder`` holding the artifact of ``options`` (a ConvertOptions): reused while `is_current`, else converted
+    into it (one progress line, then the seconds it took, on stderr). The benches' one way to get an artifact."""
+    import sys
+    import time
+
+    from nsr_edge.converters.pipeline import convert
+
+    if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
+        t0 = time.time()
+        print(f"converting {label} ...", file=sys.stderr, flush=True)
+        convert(options, str(folder), force=True)
+        print(f"  {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return folder

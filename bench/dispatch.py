@@ -18,7 +18,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.artifact_cache import is_current  # noqa: E402
-from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
+from bench.artifact_cache import convert_unless_current  # noqa: E402
+from nsr_edge.converters.pipeline import ConvertOptions  # noqa: E402
 from nsr_edge.runtime.card import load_card  # noqa: E402
 from nsr_edge.runtime.profile import time_interleaved  # noqa: E402
 
@@ -137,12 +136,8 @@ def main() -> int:
     folders = {}
     for name, v in chosen:
         folder = work / f"{slug(name)}_{slug(Path(v['model']).parent.name if '/' in v['model'] else v['model'])}_t{args.tile}"
-        if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
-            t0 = time.time()
-            print(f"converting {name} ...", file=sys.stderr, flush=True)
-            convert(ConvertOptions(tile=args.tile, calibration_tiles=64, progress=False, **v), str(folder), force=True)
-            print(f"  {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-        folders[name] = folder
+        folders[name] = convert_unless_current(
+            folder, ConvertOptions(tile=args.tile, calibration_tiles=64, progress=False, **v), name)
     if args.convert_only:
         return 0
     if args.own_autogroup and not args.psnr_only and not args.report_only:

@@ -92,21 +92,21 @@ def cmd_runs(args) -> int:
 
 def score_run(run_id: str) -> dict:
     from nsr_edge.checkpoint import load_checkpoint
-    from nsr_edge.converters.pipeline import ConvertOptions, convert
+    from nsr_edge.converters.pipeline import ConvertOptions
     from nsr_edge.reference import reference_fn
     from nsr_edge.runtime.card import load_card
     from nsr_edge.runtime.evaluation import task_images
     from nsr_edge.runtime.validate import validate_artifact
     from zoo_cards import evaluate_checkpoint
-    from bench.artifact_cache import is_current
+    from bench.artifact_cache import convert_unless_current
 
     run = LONG_RUNS / run_id / "model.pt"
     ckpt = load_checkpoint(run)
     fp32 = {r["dataset"]: r["psnr_y"] for r in evaluate_checkpoint(run_id, ckpt)}
-    folder = WORK / f"{run_id}_int8_t64"
-    if not is_current(folder):
-        convert(ConvertOptions(model=str(run), target="executorch", recipe="int8-ptq", tile=64, calibration_tiles=64,
-                               strategy=BENCH_RUNS[run_id].strategy, progress=False), str(folder), force=True)
+    folder = convert_unless_current(
+        WORK / f"{run_id}_int8_t64", ConvertOptions(model=str(run), target="executorch", recipe="int8-ptq", tile=64,
+                                                    calibration_tiles=64, strategy=BENCH_RUNS[run_id].strategy,
+                                                    progress=False), f"{run_id} INT8")
     card = load_card(folder)
     sets = {d: task_images(card.task, d)[1] for d in SETS_INT8}
     reports = validate_artifact(str(folder), card, sets, lambda: reference_fn(card, run), progress=False)

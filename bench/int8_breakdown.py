@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.artifact_cache import is_current  # noqa: E402
-from nsr_edge.converters.pipeline import ConvertOptions, convert  # noqa: E402
+from bench.artifact_cache import convert_unless_current  # noqa: E402
+from nsr_edge.converters.pipeline import ConvertOptions  # noqa: E402
 from bench.dispatch import own_autogroup, sched_note  # noqa: E402
 from nsr_edge.runtime.card import artifact_path, load_card  # noqa: E402
 
@@ -175,13 +175,10 @@ def main() -> int:
     for name in args.variants:
         recipe, parts, qat_steps, _ = VARIANTS[name]
         folder = work / f"{args.model}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}_t{args.tile}"
-        if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
-            print(f"converting {name} ...", file=sys.stderr, flush=True)
-            convert(ConvertOptions(model=args.model, recipe=recipe, tile=args.tile, progress=False,
+        folders[name] = convert_unless_current(
+            folder, ConvertOptions(model=args.model, recipe=recipe, tile=args.tile, progress=False,
                                    recipe_overrides={"fp32_parts": parts} if parts is not None else {},
-                                   qat_steps=qat_steps, qat_dir=str(work / f"{folder.name}.qat")),
-                    str(folder), force=True)
-        folders[name] = folder
+                                   qat_steps=qat_steps, qat_dir=str(work / f"{folder.name}.qat")), name)
     if args.psnr_only:
         print(json.dumps({n: psnr(f, args.sets, args.psnr_limit) for n, f in folders.items()}, indent=1))
         return 0

@@ -18,7 +18,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -27,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.artifact_cache import is_current  # noqa: E402
-from nsr_edge.converters.pipeline import ConvertOptions, convert
+from bench.artifact_cache import convert_unless_current  # noqa: E402
+from nsr_edge.converters.pipeline import ConvertOptions
 from nsr_edge.runtime.card import artifact_path, load_card
 from nsr_edge.runtime.profile import time_interleaved
 
@@ -64,13 +63,8 @@ def slug(text: str) -> str:
 
 
 def converted(work: Path, model: str, label: str, options: dict, tile: int) -> Path:
-    folder = work / f"{slug(model)}__{slug(label)}_t{tile}"
-    if not is_current(folder):  # missing, unfinished, or converted from zoo weights since republished
-        t0 = time.time()
-        print(f"converting {model} {label} ...", file=sys.stderr, flush=True)
-        convert(ConvertOptions(tile=tile, progress=False, **options), str(folder), force=True)
-        print(f"  {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    return folder
+    return convert_unless_current(work / f"{slug(model)}__{slug(label)}_t{tile}",
+                                  ConvertOptions(tile=tile, progress=False, **options), f"{model} {label}")
 
 
 def set5(folder: Path, limit: int | None) -> dict:

@@ -48,3 +48,18 @@ def test_broken_card_is_converted_again(tmp_path: Path) -> None:
 
 def test_user_checkpoint_artifact_is_reused(tmp_path: Path) -> None:
     assert is_current(_folder(tmp_path, {"kind": "checkpoint", "ref": "mine.pt", "sha256": "0" * 64}))
+
+
+def test_convert_unless_current_reuses_a_current_artifact_and_replaces_a_stale_one(tmp_path: Path, capsys) -> None:
+    from bench.artifact_cache import convert_unless_current
+    from nsr_edge.converters.pipeline import ConvertOptions
+
+    options = ConvertOptions(model="dense_sr_x2_eqmacs", target="onnxruntime", tile=32, progress=False)
+    current = _folder(tmp_path / "a", {"kind": "checkpoint", "ref": "mine.pt", "sha256": "0" * 64})
+    before = (current / "model.json").read_text()
+    assert convert_unless_current(current, options, "reused") == current
+    assert (current / "model.json").read_text() == before and "converting" not in capsys.readouterr().err
+    stale = _folder(tmp_path / "b", {"kind": "zoo", "ref": "dense_sr_x2_eqmacs", "sha256": "0" * 64})
+    assert convert_unless_current(stale, options, "stale") == stale
+    assert "converting stale" in capsys.readouterr().err and is_current(stale)
+    assert json.loads((stale / "model.json").read_text())["model"]["source"]["ref"] == "dense_sr_x2_eqmacs"
