@@ -44,7 +44,7 @@ class BenchRun:
     """A bench/train_zoo_long.py run shown beside the zoo models: a zoo model's graph with other weights."""
     shares: str  # the dispatch-bench artifact whose program (hence latency) it has
     kind: str
-    strategy: str | None = None  # `nsr-edge convert --strategy` for its INT8 artifact
+    strategy: str = "output-mix"  # `nsr-edge convert --strategy` for its INT8 artifact (a dense model: the default)
 
 
 BENCH_RUNS = {
