@@ -6,6 +6,7 @@ equal-budget control that makes the hard model's comparison fair.
     .venv/bin/python bench/train_zoo_long.py nsr_sr_x2_hard_kd --compile            # distilled hard fine-tune
     .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k_kd --compile  # its distilled control
     .venv/bin/python bench/front_zoo.py runs          # each finished bench run: FP32 eval, INT8 artifact, INT8 Y-PSNR
+    bench/quiet_run.sh .venv/bin/python bench/front_zoo.py time --dispatch-work out/issue12/dispatch  # shared latency?
     .venv/bin/python bench/front_zoo.py report        # docs/front_zoo.md + docs/front_zoo.png
 
 Latency and INT8 accuracy of the zoo models come from bench/dispatch.py's last run (its results.json: one
@@ -114,6 +115,35 @@ def score_run(run_id: str) -> dict:
             "cpu_seconds": ckpt.provenance.get("train_cpu_seconds"), "steps": ckpt.provenance.get("steps")}
 
 
+def shared_program(dispatch_work: Path, artifact: str) -> Path:
+    """The folder where bench/dispatch.py keeps ``artifact`` (its naming)."""
+    from dispatch import slug, variants
+
+    model = dict(variants(None, "nsr_sr_x2_hard"))[artifact]["model"]
+    return dispatch_work / f"{slug(artifact)}_{slug(Path(model).parent.name if '/' in model else model)}_t64"
+
+
+def cmd_time(args) -> int:
+    """Check the shared-program latency: each scored bench run's INT8 artifact and the dispatch-bench artifact whose
+    program it has, timed together in one interleaved run (WORK/latency_check.json)."""
+    import time as _time
+
+    from nsr_edge.runtime.profile import time_interleaved
+
+    folders = {}
+    for run_id, b in BENCH_RUNS.items():
+        if (WORK / f"{run_id}.json").is_file():
+            folders[f"{run_id} INT8"] = WORK / f"{run_id}_int8_t64"
+            folders[b.shares] = shared_program(Path(args.dispatch_work), b.shares)
+    lat, before, after = time_interleaved(folders, args.rounds, args.runs_per_round)
+    (WORK / "latency_check.json").write_text(json.dumps(
+        {"latency": lat, "load": [before, after], "rounds": args.rounds, "runs_per_round": args.runs_per_round,
+         "when": _time.strftime("%Y-%m-%d %H:%M UTC", _time.gmtime())}, indent=1) + "\n")
+    for n, v in lat.items():
+        print(f"{n:40s} min {v['min_ms']:8.2f} ms  median {v['median_ms']:8.2f} ms")
+    return 0
+
+
 def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
     from nsr_edge.hub import zoo_card
 
@@ -129,6 +159,7 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
         out.append({"artifact": name, "model": zoo_id, "kind": kind, "form": form, "lat": res["latency"][name],
                     "fp32": fp32, "int8": {d: v["psnr_y"] for d, v in res["psnr"].get(name, {}).items()},
                     "budget": budget_hours(card), "lat_note": ""})
+    check = _json(WORK / "latency_check.json").get("latency", {})
     for run_id, b in BENCH_RUNS.items():
         scored = _json(WORK / f"{run_id}.json")
         if not scored or b.shares not in res["latency"]:
@@ -137,7 +168,9 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
         hours = float(budget_hours(start).lstrip("<=")) + (scored["cpu_seconds"] or 0) / 3600
         out.append({"artifact": f"{run_id} INT8", "model": run_id, "kind": b.kind, "form": ARTIFACTS[b.shares][2],
                     "lat": res["latency"][b.shares], "fp32": scored["fp32"], "int8": scored["int8"],
-                    "budget": f"<={hours:.2f}", "lat_note": f"same graph as `{b.shares}`"})
+                    "budget": f"<={hours:.2f}", "lat_note": f"same graph as `{b.shares}`" + (
+                        f"; timed together: {check[f'{run_id} INT8']['min_ms']:.2f} vs {check[b.shares]['min_ms']:.2f}"
+                        if f"{run_id} INT8" in check and b.shares in check else "")})
     for r in out:
         r["mean_fp32"] = sum(r["fp32"][d] for d in SETS_FP32) / len(SETS_FP32)
         r["mean_int8"] = (sum(r["int8"][d] for d in SETS_INT8) / len(SETS_INT8)
@@ -161,34 +194,50 @@ def plot(rs: list[dict]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     panels = [("mean_fp32", "FP32 Y-PSNR, mean of Set5/Set14/BSD100 (dB)"),
               ("mean_int8", "INT8 Y-PSNR, mean of Set5/Set14, 64 px deploy tiles (dB)")]
     colors = {"dense": "tab:blue", "NSR soft": "tab:green", "NSR hard top-1": "tab:orange"}
-    for ax, (key, label) in zip(axes, panels):
-        pts = [r for r in rs if _q(r, key) is not None]
+    zoom_ms = (1.6, 2.7)  # the equal-MACs cluster (dense, hard NSR, the controls), magnified in an inset
+
+    def draw(ax, pts: list[dict], key: str, label_all: bool) -> None:
         for r in pts:
             color = next(c for k, c in colors.items() if r["kind"].startswith(k))
             marker = "s" if "dispatch" in r["form"] else "^" if "routing inside" in r["form"] else "o"
             ax.scatter(r["lat"]["min_ms"], _q(r, key), marker=marker, color=color, s=45, zorder=3)
-            below = "dispatch" in r["form"]  # the hard model's two artifacts sit side by side: labels apart
-            ax.annotate(r["model"] + (" (dispatch)" if below else ""), (r["lat"]["min_ms"], _q(r, key)), fontsize=7,
-                        xytext=(4, -9 if below else 3), textcoords="offset points")
+            if label_all or not zoom_ms[0] <= r["lat"]["min_ms"] <= zoom_ms[1]:
+                below = "dispatch" in r["form"]  # the hard model's two artifacts sit side by side: labels apart
+                ax.annotate(r["model"] + (" (dispatch)" if below else ""), (r["lat"]["min_ms"], _q(r, key)),
+                            fontsize=7, xytext=(4, -9 if below else 3), textcoords="offset points")
         front = sorted((r for r in pts if r[f"front_{key}"]), key=lambda r: r["lat"]["min_ms"])
         ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2)
         ax.scatter([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], s=180, facecolors="none",
                    edgecolors="k", zorder=4)
+
+    for ax, (key, label) in zip(axes, panels):
+        pts = [r for r in rs if _q(r, key) is not None]
+        draw(ax, pts, key, label_all=False)
         ax.set_xlabel("ExecuTorch INT8 latency per 64 px tile, 1 thread, min (ms)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        near = [_q(r, key) for r in pts if zoom_ms[0] <= r["lat"]["min_ms"] <= zoom_ms[1]]
+        if len(near) > 1:
+            inset = ax.inset_axes([0.55, 0.42, 0.43, 0.45])  # upper right: empty
+            draw(inset, pts, key, label_all=True)
+            pad = (max(near) - min(near)) * 0.15
+            inset.set_xlim(*zoom_ms)
+            inset.set_ylim(min(near) - pad, max(near) + pad)
+            inset.tick_params(labelsize=7)
+            inset.grid(alpha=0.3)
+            ax.indicate_inset_zoom(inset, edgecolor="0.5")
     handles = [Line2D([], [], marker="o", ls="", color="tab:blue", label="dense (one program)"),
                Line2D([], [], marker="o", ls="", color="tab:green", label="NSR soft (output mixing)"),
                Line2D([], [], marker="^", ls="", color="tab:orange", label="NSR hard, routing in one program"),
                Line2D([], [], marker="s", ls="", color="tab:orange", label="NSR hard, host dispatch"),
                Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
-    axes[1].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles))
     fig.suptitle("SR x2 zoo models (1-3 CPU-hours each): Y-PSNR vs measured INT8 latency")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     fig.savefig(PNG, dpi=110)
 
 
@@ -241,11 +290,15 @@ def main() -> int:
     runs = sub.add_parser("runs")
     runs.add_argument("--only", nargs="*", choices=list(BENCH_RUNS))
     rep = sub.add_parser("report")
-    rep.add_argument("--dispatch-work", default=str(ROOT / "runs" / "bench_dispatch"),
-                     help="bench/dispatch.py's --work folder (its results.json and latency.json)")
+    tim = sub.add_parser("time")
+    tim.add_argument("--rounds", type=int, default=15)
+    tim.add_argument("--runs-per-round", type=int, default=4)
+    for p in (rep, tim):
+        p.add_argument("--dispatch-work", default=str(ROOT / "runs" / "bench_dispatch"),
+                       help="bench/dispatch.py's --work folder (its results.json and latency.json; its artifacts)")
     args = ap.parse_args()
     os.chdir(ROOT)
-    return {"runs": cmd_runs, "report": cmd_report}[args.cmd](args)
+    return {"runs": cmd_runs, "time": cmd_time, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
