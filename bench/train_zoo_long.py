@@ -67,13 +67,23 @@ DISTILLED_JOBS = {"nsr_sr_x2_hard_kd": ("nsr_sr_x2_hard", "nsr_sr_x2"),
                   "dense_sr_x2_eqmacs_plus10k_kd": ("dense_sr_x2_eqmacs_plus10k", "nsr_sr_x2"),
                   "nsr_sr_x3_hard_kd": ("nsr_sr_x3_hard", "nsr_sr_x3")}
 DISTILL_WEIGHT = 1.0
-JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS)
+# Second seeds of a comparison whose margin is below one seed's noise: job -> (the job it repeats, its --seed).
+SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd")}
+JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
+
+
+def copied_job(zoo_id: str) -> str:
+    """The job whose recipe a distilled or seeded job copies (itself for any other job)."""
+    while zoo_id in DISTILLED_JOBS or zoo_id in SEED_JOBS:
+        zoo_id = (DISTILLED_JOBS.get(zoo_id) or SEED_JOBS[zoo_id])[0]
+    return zoo_id
 
 
 def x2_counterpart(zoo_id: str) -> str | None:
     """The x2 job an x3/x4 job starts from (same kind), None for an x2 job or a later stage of an x3/x4 job (a final
     stage, a hard fine-tune: same scale as the run they start from)."""
-    if zoo_id in DISTILLED_JOBS or zoo_id in FINAL_STAGE_JOBS or zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
+    zoo_id = copied_job(zoo_id)
+    if zoo_id in FINAL_STAGE_JOBS or zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return None
     for s in (3, 4):
         if f"_sr_x{s}" in zoo_id:
@@ -82,7 +92,7 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 
 def steps_of(zoo_id: str) -> int:
-    zoo_id = DISTILLED_JOBS[zoo_id][0] if zoo_id in DISTILLED_JOBS else zoo_id
+    zoo_id = copied_job(zoo_id)
     if zoo_id in FINAL_STAGE_JOBS:
         return FINAL_STEPS
     if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
@@ -93,7 +103,7 @@ def steps_of(zoo_id: str) -> int:
 def start_run(zoo_id: str) -> str | None:
     """The finished run of this bench a job starts from (x3/x4: the x2 run of the same kind; a hard job: the soft
     run it fine-tunes; a final stage: the run it continues), None when it starts from a zoo model's first stage."""
-    zoo_id = DISTILLED_JOBS[zoo_id][0] if zoo_id in DISTILLED_JOBS else zoo_id
+    zoo_id = copied_job(zoo_id)
     return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
             or x2_counterpart(zoo_id))
 
@@ -117,6 +127,11 @@ def init_source(zoo_id: str) -> str:
 
 
 def command(zoo_id: str) -> list[str]:
+    if zoo_id in SEED_JOBS:  # the repeated job's command in its own folder, with another seed
+        repeated, seed = SEED_JOBS[zoo_id]
+        cmd = command(repeated)
+        cmd[cmd.index("--out") + 1] = str(RUNS / zoo_id)
+        return cmd + ["--seed", str(seed)]
     if zoo_id in DISTILLED_JOBS:  # the copied job's command in its own folder, plus the teacher
         copied, teacher = DISTILLED_JOBS[zoo_id]
         cmd = command(copied)

@@ -17,7 +17,7 @@ from nsr_edge.runtime.files import file_sha256
 from nsr_edge.runtime.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from train_zoo_long import DISTILLED_JOBS, FINAL_STAGE_JOBS, command, published_run  # noqa: E402
+from train_zoo_long import DISTILLED_JOBS, FINAL_STAGE_JOBS, SEED_JOBS, command, published_run  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
 
 ZOO = zoo_ids()
@@ -104,6 +104,14 @@ def test_a_distilled_job_is_its_copy_plus_its_scales_soft_teacher():
         assert f"_sr_x{zoo_card(teacher)['scale']}" in job
         teachers[job] = tuple(extra)
     assert teachers["nsr_sr_x2_hard_kd"] == teachers["dense_sr_x2_eqmacs_plus10k_kd"]
+
+
+def test_a_seed_job_repeats_its_job_with_only_another_seed():
+    for job, (repeated, seed) in SEED_JOBS.items():
+        cmd, base = command(job), command(repeated)
+        out = cmd.index("--out") + 1
+        assert cmd[out].endswith(job) and "--seed" not in base and cmd[len(base):] == ["--seed", str(seed)]
+        assert cmd[:out] + cmd[out + 1:len(base)] == base[:out] + base[out + 1:]
 
 
 def test_published_number_is_what_eval_gives():
