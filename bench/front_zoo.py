@@ -7,7 +7,9 @@ equal-budget control that makes the hard model's comparison fair.
     .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k_kd --compile  # its distilled control
     .venv/bin/python bench/front_zoo.py runs          # each finished bench run: FP32 eval, INT8 artifact, INT8 Y-PSNR
     bench/quiet_run.sh .venv/bin/python bench/front_zoo.py time --dispatch-work out/issue12/dispatch  # shared latency?
-    .venv/bin/python bench/front_zoo.py report        # docs/front_zoo.md + docs/front_zoo.png
+    .venv/bin/python bench/front_zoo.py report --dispatch-work out/issue12/dispatch   # docs/front_zoo.{md,png}
+
+(--dispatch-work: the --work folder of the bench/dispatch.py run whose latencies the table uses.)
 
 Latency and INT8 accuracy of the zoo models come from bench/dispatch.py's last run (its results.json: one
 interleaved timing run of every artifact, 64 px tiles, 1 thread; INT8 Y-PSNR through the deploy tiling), FP32
@@ -135,6 +137,8 @@ def cmd_time(args) -> int:
         if (WORK / f"{run_id}.json").is_file():
             folders[f"{run_id} INT8"] = WORK / f"{run_id}_int8_t64"
             folders[b.shares] = shared_program(Path(args.dispatch_work), b.shares)
+    if not folders:
+        raise SystemExit("front_zoo time: no bench run scored yet (run: bench/front_zoo.py runs)")
     lat, before, after = time_interleaved(folders, args.rounds, args.runs_per_round)
     (WORK / "latency_check.json").write_text(json.dumps(
         {"latency": lat, "load": [before, after], "rounds": args.rounds, "runs_per_round": args.runs_per_round,
