@@ -30,6 +30,11 @@ equal budget (the zoo point of docs/front.md). A bench run, not a zoo model.
 steps of the same patches from the finished x3 run at a lower learning rate (FINAL_LR, cosine to 0). It exists
 because the x3 NSR model ended 0.02 dB below FSRCNN on Set5; its run is what bench/zoo_cards.py --from-long
 publishes under the x3 id, with every stage in the card.
+
+`<job>_kd` (issue 15 item 4) is a job's command plus `--distill-from` the soft NSR model of its scale (the hard
+fine-tune's own start): the x2 hard fine-tune and its dense control alike, and the x3 hard fine-tune. `<job>_seed1`
+repeats a job with `--seed 1` (the distilled x2 pair: their margin is below one seed's noise). Bench runs, not zoo
+models (bench/front_zoo.py scores them).
 """
 
 from __future__ import annotations
@@ -126,18 +131,20 @@ def init_source(zoo_id: str) -> str:
     return str(ROOT / "runs" / "zoo" / zoo_id / "model.pt")
 
 
+def _in_own_folder(cmd: list[str], zoo_id: str) -> list[str]:
+    """Another job's command with ``zoo_id``'s run folder."""
+    cmd[cmd.index("--out") + 1] = str(RUNS / zoo_id)
+    return cmd
+
+
 def command(zoo_id: str) -> list[str]:
     if zoo_id in SEED_JOBS:  # the repeated job's command in its own folder, with another seed
         repeated, seed = SEED_JOBS[zoo_id]
-        cmd = command(repeated)
-        cmd[cmd.index("--out") + 1] = str(RUNS / zoo_id)
-        return cmd + ["--seed", str(seed)]
+        return _in_own_folder(command(repeated), zoo_id) + ["--seed", str(seed)]
     if zoo_id in DISTILLED_JOBS:  # the copied job's command in its own folder, plus the teacher
         copied, teacher = DISTILLED_JOBS[zoo_id]
-        cmd = command(copied)
-        cmd[cmd.index("--out") + 1] = str(RUNS / zoo_id)
-        return cmd + ["--distill-from", str(RUNS / published_run(teacher) / "model.pt"),
-                      "--distill-weight", str(DISTILL_WEIGHT)]
+        return _in_own_folder(command(copied), zoo_id) + [
+            "--distill-from", str(RUNS / published_run(teacher) / "model.pt"), "--distill-weight", str(DISTILL_WEIGHT)]
     r = RECIPE
     hard = zoo_id in HARD_JOBS
     lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"]
