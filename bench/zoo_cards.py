@@ -128,7 +128,8 @@ def earlier_stages(job) -> list[dict]:
         if "training_stages" not in card:
             raise SystemExit(f"{job.id}: starts from the {start} continuation: publish {start} first "
                              f"(--from-long --only {start})")
-        return [{**st, "model": start} for st in card["training_stages"]]
+        # each stage names the zoo model whose run it was: its own where the start model carries it over already
+        return [{"model": start, **st} for st in card["training_stages"]]
     old = json.loads((ZOO_DIR / job.id / "card.json").read_text())
     return (old.get("training_stages") or [_stage(
         "zoo", old["train_command"], old["training"], old["training"].get("train_cpu_seconds"), sha256=old["sha256"],

@@ -52,10 +52,11 @@ def test_card_states_its_whole_budget(zoo_id):
     assert card["train_command"] == " && ".join(st["command"] for st in stages)
     assert all(st.get("cpu_seconds") or st.get("threads") == 1 for st in stages)
     # A model started from another zoo model (x3/x4 from the x2 body; a hard fine-tune from its soft model) carries
-    # that model's stages, so its budget is the whole chain.
+    # that model's stages, so its budget is the whole chain; each stage names the model whose run it was (a chain of
+    # two, x2 -> x3 -> x3 hard, keeps the x2 stages' own name).
     for start_id in {st["model"] for st in stages if "model" in st}:
         start_stages = zoo_card(start_id)["training_stages"]
-        assert [{k: v for k, v in st.items() if k != "model"} for st in stages[:len(start_stages)]] == start_stages
+        assert stages[:len(start_stages)] == [{"model": start_id, **st} for st in start_stages]
 
 
 @pytest.mark.parametrize("zoo_id", [z for z in ZOO if zoo_card(z).get("baseline_kind") in ("equal-macs",
