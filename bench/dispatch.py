@@ -100,6 +100,11 @@ def baseline(name: str, kind: str) -> str:
     return f"dense {kind} {q}" + (" ORT" if name.endswith(" ORT") else "")
 
 
+def artifact_folder(work: Path, name: str, model: str, tile: int) -> Path:
+    """Where this bench keeps variant ``name`` of ``model`` (a zoo id, or a checkpoint named by its run folder)."""
+    return work / f"{slug(name)}_{slug(Path(model).parent.name if '/' in model else model)}_t{tile}"
+
+
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
@@ -135,9 +140,8 @@ def main() -> int:
               if not args.only or any(s in n for s in args.only)]
     folders = {}
     for name, v in chosen:
-        folder = work / f"{slug(name)}_{slug(Path(v['model']).parent.name if '/' in v['model'] else v['model'])}_t{args.tile}"
         folders[name] = convert_unless_current(
-            folder, ConvertOptions(tile=args.tile, calibration_tiles=64, progress=False, **v), name)
+            artifact_folder(work, name, v["model"], args.tile), ConvertOptions(tile=args.tile, calibration_tiles=64, progress=False, **v), name)
     if args.convert_only:
         return 0
     if args.own_autogroup and not args.psnr_only and not args.report_only:

@@ -119,10 +119,9 @@ def score_run(run_id: str) -> dict:
 
 def shared_program(dispatch_work: Path, artifact: str) -> Path:
     """The folder where bench/dispatch.py keeps ``artifact`` (its naming)."""
-    from dispatch import slug, variants
+    from dispatch import artifact_folder, variants
 
-    model = dict(variants(None, "nsr_sr_x2_hard"))[artifact]["model"]
-    return dispatch_work / f"{slug(artifact)}_{slug(Path(model).parent.name if '/' in model else model)}_t64"
+    return artifact_folder(dispatch_work, artifact, dict(variants(None, "nsr_sr_x2_hard"))[artifact]["model"], 64)
 
 
 def cmd_time(args) -> int:
