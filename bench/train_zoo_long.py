@@ -74,6 +74,9 @@ DISTILLED_JOBS = {"nsr_sr_x2_hard_kd": ("nsr_sr_x2_hard", "nsr_sr_x2"),
 DISTILL_WEIGHT = 1.0
 # Second seeds of a comparison whose margin is below one seed's noise: job -> (the job it repeats, its --seed).
 SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd")}
+# Hard models the zoo publishes from their distilled run instead of their own (same steps and recipe plus the soft
+# teacher: +0.03-0.06 dB, docs/front_zoo.md): zoo model -> the distilled job whose run it publishes.
+PUBLISHED_DISTILLED = {"nsr_sr_x2_hard": "nsr_sr_x2_hard_kd", "nsr_sr_x3_hard": "nsr_sr_x3_hard_kd"}
 JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
 
 
@@ -114,8 +117,24 @@ def start_run(zoo_id: str) -> str | None:
 
 
 def published_run(zoo_id: str) -> str:
-    """The job whose run the zoo publishes as `zoo_id`: its final stage when it has one, else its own run."""
-    return next((job for job, model in FINAL_STAGE_JOBS.items() if model == zoo_id), zoo_id)
+    """The job whose run the zoo publishes as `zoo_id`: its final stage when it has one, its distilled copy for the
+    hard models published distilled, else its own run."""
+    return next((job for job, model in FINAL_STAGE_JOBS.items() if model == zoo_id),
+                PUBLISHED_DISTILLED.get(zoo_id, zoo_id))
+
+
+def finished_model(run_id: str) -> str:
+    """A finished run's final weights: runs/zoo_long/<run>/model.pt, else, on a checkout without that run (runs/ is
+    not committed), the zoo's copy of it when a zoo model is exactly that run (its card's last stage reproduces it):
+    a fine-tune or distillation of a published model then needs none of the CPU hours behind it retrained."""
+    own = RUNS / run_id / "model.pt"
+    if own.is_file():
+        return str(own)
+    for card_path in sorted((ROOT / "zoo").glob("*/card.json")):
+        stages = json.loads(card_path.read_text()).get("training_stages") or [{}]
+        if (stages[-1].get("reproduce") or "").split()[-1:] == [run_id]:
+            return str(card_path.parent / "model.pt")
+    return str(own)
 
 
 def init_source(zoo_id: str) -> str:
@@ -124,7 +143,7 @@ def init_source(zoo_id: str) -> str:
     it (runs/zoo/<id>/model.pt), so that rerunning this job never continues an already continued model."""
     if start := start_run(zoo_id):
         # A final stage continues its model's own run; anything else starts from the run that model publishes.
-        return str(RUNS / (start if zoo_id in FINAL_STAGE_JOBS else published_run(start)) / "model.pt")
+        return finished_model(start if zoo_id in FINAL_STAGE_JOBS else published_run(start))
     card = ROOT / "zoo" / zoo_id / "card.json"
     if card.is_file() and "training_stages" not in json.loads(card.read_text()):
         return zoo_id
@@ -144,7 +163,7 @@ def command(zoo_id: str) -> list[str]:
     if zoo_id in DISTILLED_JOBS:  # the copied job's command in its own folder, plus the teacher
         copied, teacher = DISTILLED_JOBS[zoo_id]
         return _in_own_folder(command(copied), zoo_id) + [
-            "--distill-from", str(RUNS / published_run(teacher) / "model.pt"), "--distill-weight", str(DISTILL_WEIGHT)]
+            "--distill-from", finished_model(published_run(teacher)), "--distill-weight", str(DISTILL_WEIGHT)]
     r = RECIPE
     hard = zoo_id in HARD_JOBS
     lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"]

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run, steps_of)
+    DISTILLED_JOBS, FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run,
+    steps_of)
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -144,7 +145,7 @@ def run_stage(run_id: str, ckpt: Checkpoint, kind: str) -> dict:
     if not start_run(run_id):
         cmd[cmd.index("--init-from") + 1] = f"runs/zoo/{run_id}/model.pt"
     return _stage(kind,
-                  "nsr-edge " + shlex.join(cmd).replace(str(LONG_RUNS) + "/", "runs/zoo_long/"),
+                  "nsr-edge " + shlex.join(cmd).replace(str(ROOT) + "/", ""),  # runs/zoo_long/..., zoo/...
                   ckpt.provenance, ckpt.provenance.get("train_cpu_seconds"),
                   reproduce=f".venv/bin/python bench/train_zoo_long.py {run_id}",
                   **({"init_fresh": ckpt.provenance["init_fresh"]} if "init_fresh" in ckpt.provenance else {}))
@@ -160,7 +161,9 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict], own: Checkpoint) ->
     kind = ("continuation" if not start else f"hard top-1 fine-tune of {start}" if job.id in HARD_JOBS
             else f"x{ckpt.config.scale} from the x2 body")
     final = published_run(job.id)
-    if final == job.id:
+    if final in DISTILLED_JOBS:  # the job's distilled copy, published in place of its own run
+        ours = [run_stage(final, ckpt, f"{kind}, distilled from {DISTILLED_JOBS[final][1]}")]
+    elif final == job.id:
         ours = [run_stage(job.id, ckpt, kind)]
     else:  # the job's own run, then its final stage (whose checkpoint is the one published)
         ours = [run_stage(job.id, own, kind),
@@ -282,8 +285,9 @@ def finished_run(run_id: str) -> Checkpoint:
 
 
 def publish_continuation(job) -> dict | None:
-    own = finished_run(job.id)  # a final stage is published only on top of its finished start run
     final = published_run(job.id)
+    # a final stage is published only on top of its finished start run; a distilled copy replaces the job's own run
+    own = finished_run(final if final in DISTILLED_JOBS else job.id)
     ckpt = own if final == job.id else finished_run(final)
     results = evaluate_checkpoint(job.id, ckpt)
     card = publish_long(job, ckpt, results, own)

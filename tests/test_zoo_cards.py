@@ -17,7 +17,8 @@ from nsr_edge.runtime.files import file_sha256
 from nsr_edge.runtime.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from train_zoo_long import DISTILLED_JOBS, FINAL_STAGE_JOBS, SEED_JOBS, command, published_run  # noqa: E402
+from train_zoo_long import (  # noqa: E402
+    DISTILLED_JOBS, FINAL_STAGE_JOBS, SEED_JOBS, command, finished_model, published_run)
 from zoo_cards import budget_hours  # noqa: E402
 
 ZOO = zoo_ids()
@@ -101,7 +102,7 @@ def test_a_distilled_job_is_its_copy_plus_its_scales_soft_teacher():
         assert cmd[out].endswith(job) and cmd[:out] + cmd[out + 1:len(base)] == base[:out] + base[out + 1:]
         extra = cmd[len(base):]
         assert extra[0] == "--distill-from" and extra[2] == "--distill-weight" and len(extra) == 4
-        assert extra[1].endswith(f"/{published_run(teacher)}/model.pt") and zoo_card(teacher)["baseline_of"] is None
+        assert extra[1] == finished_model(published_run(teacher)) and zoo_card(teacher)["baseline_of"] is None
         assert f"_sr_x{zoo_card(teacher)['scale']}" in job
         teachers[job] = tuple(extra)
     assert teachers["nsr_sr_x2_hard_kd"] == teachers["dense_sr_x2_eqmacs_plus10k_kd"]
@@ -125,3 +126,16 @@ def test_published_number_is_what_eval_gives():
     published = next(r for r in card["results"] if r["dataset"] == "set5")
     assert result.summary()["psnr_y"] == pytest.approx(published["psnr_y"], abs=1e-3)
     assert result.summary()["ssim_y"] == pytest.approx(published["ssim_y"], abs=1e-4)
+
+
+def test_a_checkout_without_runs_fine_tunes_from_the_zoos_copy_of_a_published_run(monkeypatch, tmp_path):
+    """runs/ is not committed: a fine-tune or distillation of a published model starts from the zoo's copy of the run
+    its card's last stage names, never from a model that is not that run."""
+    import train_zoo_long
+
+    monkeypatch.setattr(train_zoo_long, "RUNS", tmp_path)
+    assert Path(finished_model("nsr_sr_x3_plus3k")).resolve() == zoo_checkpoint("nsr_sr_x3").resolve()
+    assert finished_model("nsr_sr_x3") == str(tmp_path / "nsr_sr_x3" / "model.pt")  # an earlier stage: not in the zoo
+    (tmp_path / "nsr_sr_x2").mkdir()
+    (tmp_path / "nsr_sr_x2" / "model.pt").write_bytes(b"")
+    assert finished_model("nsr_sr_x2") == str(tmp_path / "nsr_sr_x2" / "model.pt")  # the run itself comes first
