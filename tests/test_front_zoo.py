@@ -19,10 +19,15 @@ def _dispatch_results(folder: Path) -> Path:
     lat = {"dense eqP INT8": 5.0, "dense eqM INT8": 1.8, "NSR hard in-program/block INT8": 2.0,
            "NSR hard dispatch/block INT8": 2.5, "dense eqM FP32 ORT": 3.9}
     psnr = {n: {"set5": {"psnr_y": 37.0 + i / 10}, "set14": {"psnr_y": 32.5}} for i, n in enumerate(lat)}
+    sources = {n: _zoo_card(front_zoo.ARTIFACTS[n][0])["sha256"] for n in lat if n in front_zoo.ARTIFACTS}
     (folder / "results.json").write_text(json.dumps(
         {"latency": {n: {"min_ms": v, "median_ms": v * 1.2} for n, v in lat.items()}, "psnr": psnr,
-         "load": [[1.0], [1.2]]}))
+         "load": [[1.0], [1.2]], "sources": sources}))
     return folder
+
+
+def _zoo_card(zoo_id: str) -> dict:
+    return json.loads((BENCH.parent / "zoo" / zoo_id / "card.json").read_text())
 
 
 def test_rows_take_latency_from_dispatch_and_fp32_from_the_cards(tmp_path, monkeypatch):
@@ -32,7 +37,7 @@ def test_rows_take_latency_from_dispatch_and_fp32_from_the_cards(tmp_path, monke
     assert set(by) == {"dense eqP INT8", "dense eqM INT8", "NSR hard in-program/block INT8",
                        "NSR hard dispatch/block INT8"}  # ExecuTorch INT8 only: no ORT row, no control yet
     hard = by["NSR hard in-program/block INT8"]
-    card = json.loads((BENCH.parent / "zoo" / "nsr_sr_x2_hard" / "card.json").read_text())
+    card = _zoo_card("nsr_sr_x2_hard")
     assert hard["fp32"] == {r["dataset"]: r["psnr_y"] for r in card["results"]}
     assert hard["lat"]["min_ms"] == 2.0 and hard["int8"] == {"set5": 37.2, "set14": 32.5}
 
@@ -46,7 +51,7 @@ def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
     rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
     control = next(r for r in rs if r["model"] == front_zoo.CONTROL)
     assert control["lat"]["min_ms"] == 1.8 and "same graph" in control["lat_note"]
-    eqm = json.loads((BENCH.parent / "zoo" / "dense_sr_x2_eqmacs" / "card.json").read_text())
+    eqm = _zoo_card("dense_sr_x2_eqmacs")
     assert float(control["budget"].lstrip("<=")) == pytest.approx(
         sum(st.get("cpu_seconds") or st["train_seconds"] for st in eqm["training_stages"]) / 3600 + 0.5, abs=0.006)
     front_zoo.mark_fronts(rs)
@@ -54,15 +59,21 @@ def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
     assert control["front_mean_fp32"] and not next(r for r in rs if r["artifact"] == "dense eqM INT8")["front_mean_fp32"]
 
 
-def test_a_distilled_hard_run_counts_from_its_soft_start_and_shares_the_in_program_latency(tmp_path, monkeypatch):
+def test_results_of_an_earlier_zoo_model_are_refused(tmp_path, monkeypatch):
+    """A zoo row takes FP32 from the card and INT8 from the dispatch run: both must be of one checkpoint."""
     monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "nsr_sr_x2_hard_kd.json").write_text(json.dumps(
-        {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
-         "cpu_seconds": 3600.0, "steps": 10000}))
-    rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
-    kd = next(r for r in rs if r["model"] == "nsr_sr_x2_hard_kd")
-    assert kd["lat"]["min_ms"] == 2.0 and kd["form"] == "one program, routing inside"
-    soft = json.loads((BENCH.parent / "zoo" / "nsr_sr_x2" / "card.json").read_text())
-    assert float(kd["budget"].lstrip("<=")) == pytest.approx(
-        sum(st.get("cpu_seconds") or st["train_seconds"] for st in soft["training_stages"]) / 3600 + 1.0, abs=0.006)
+    folder = _dispatch_results(tmp_path / "dispatch")
+    res = json.loads((folder / "results.json").read_text())
+    res["sources"]["NSR hard in-program/block INT8"] = "0" * 64  # converted from a since-republished nsr_sr_x2_hard
+    (folder / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="not converted from the zoo's nsr_sr_x2_hard"):
+        front_zoo.rows(folder)
+
+
+def test_no_bench_run_is_a_run_the_zoo_publishes():
+    """The zoo's hard model is the distilled run: it appears once, as a zoo row, and its control is distilled too."""
+    from train_zoo_long import DISTILLED_JOBS, published_run
+
+    published = {published_run(zoo_id) for zoo_id, *_ in front_zoo.ARTIFACTS.values()}
+    assert not published & set(front_zoo.BENCH_RUNS)
+    assert published_run("nsr_sr_x2_hard") in DISTILLED_JOBS and front_zoo.CONTROL in DISTILLED_JOBS
