@@ -236,8 +236,12 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
                 f"{PAPER[key][s]:.2f}" if s in PAPER[key] else "-" for s in sets) + " |")
         lines.append("")
     if any(c["baseline_kind"] == "hard-routing" for c in cards):
+        distilled = [c["id"] for c in cards if "distilled" in ((c.get("training_stages") or [{}])[-1].get("stage") or "")]
         lines += ["Hard top-1 rows are fine-tunes of the NSR model above them (extra steps on 48 px patches, in their "
-                  "cards): compare them with the NSR model at equal training budget in docs/hard_routing.md.", ""]
+                  "cards" + (f"; {', '.join(f'`{i}`' for i in distilled)}: with L1 to that soft model's output added "
+                             "to the loss (distillation; the teacher's forward passes are in their CPU-h)" if distilled
+                             else "") + "): compare them with the NSR model at equal training budget in "
+                  "docs/hard_routing.md.", ""]
     if any("training_stages" in c for c in cards):
         lines += ["Models with two stages were trained as zoo models, then continued with a longer schedule "
                   "(bench/train_zoo_long.py: 48 px patches, cosine from 5e-4); their dense baselines got the same "
