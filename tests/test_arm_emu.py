@@ -75,9 +75,9 @@ def test_int8_numerics_on_arm_kernels(rootfs, ort_int8):
     assert r["stored"]["summary"]["finite"]
     a = r["arm"]
     assert a["arm_vs_fp32"]["y_psnr"] > 40  # INT8 vs FP32, as on x86
-    # As close to FP32 as the host. Which int8 kernels ONNX Runtime runs on x86 depends on the CPU: on an AMD EPYC VM
-    # the host reached 58.25 dB where ARM reached 59.07 (Intel VMs: within 0.5 dB); above 50 dB both are within a fraction
-    # of an 8-bit step (RMS) from FP32, so the spread only matters below that.
+    # As close to FP32 as the host. Which int8 kernels ONNX Runtime runs on x86 depends on the CPU: on an AMD EPYC
+    # VM the host reached 58.25 dB where ARM reached 59.07 (Intel VMs: within 0.5 dB); above 50 dB both are within a
+    # fraction of an 8-bit step (RMS) from FP32, so the spread only matters below that.
     arm_db, host_db = a["arm_vs_fp32"]["y_psnr"], a["host_vs_fp32"]["y_psnr"]
     assert min(arm_db, host_db) > 50 or abs(arm_db - host_db) < 0.5
     assert a["arm_vs_host"]["bit_exact"] or a["arm_vs_host"]["max_abs"] < 4 / 255  # at most a few output LSBs
