@@ -291,8 +291,9 @@ def finished_run(run_id: str) -> Checkpoint:
 def publish_continuation(job) -> dict | None:
     final = published_run(job.id)
     # a final stage is published only on top of its finished start run; a distilled copy replaces the job's own run
-    own = finished_run(final if final in DISTILLED_JOBS else job.id)
-    ckpt = own if final == job.id else finished_run(final)
+    replaced = final in DISTILLED_JOBS
+    own = finished_run(final if replaced else job.id)
+    ckpt = own if final == job.id or replaced else finished_run(final)
     results = evaluate_checkpoint(job.id, ckpt)
     card = publish_long(job, ckpt, results, own)
     print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)
