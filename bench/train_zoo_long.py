@@ -35,6 +35,10 @@ publishes under the x3 id, with every stage in the card.
 fine-tune's own start): the x2 hard fine-tune and its dense control alike, and the x3 hard fine-tune. `<job>_seed1`
 repeats a job with `--seed 1` (the distilled x2 pair: their margin is below one seed's noise). Bench runs, not zoo
 models (bench/front_zoo.py scores them).
+
+`nsr_sr_x3_hard_kd_plus3k` is a final low-lr stage of the distilled x3 hard run (same options and teacher, FINAL_STEPS
+at FINAL_LR): it was tried because that model ended 0.04 dB below FSRCNN on Set5 and gained only +0.004 / +0.017 /
++0.007 dB (Set5 / Set14 / BSD100, 0.73 CPU-h): not published (docs/zoo_training_status.md).
 """
 
 from __future__ import annotations
@@ -77,7 +81,11 @@ SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr
 # Hard models the zoo publishes from their distilled run instead of their own (same steps and recipe plus the soft
 # teacher: +0.03-0.06 dB, docs/front_zoo.md): zoo model -> the distilled job whose run it publishes.
 PUBLISHED_DISTILLED = {"nsr_sr_x2_hard": "nsr_sr_x2_hard_kd", "nsr_sr_x3_hard": "nsr_sr_x3_hard_kd"}
-JOBS += list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
+# Final low-lr stages of a distilled run (its command: same options and teacher, FINAL_STEPS at FINAL_LR from its
+# finished run): the x3 hard model ended 0.04 dB below FSRCNN on Set5. job -> the distilled job it continues.
+DISTILLED_FINAL_JOBS = {"nsr_sr_x3_hard_kd_plus3k": "nsr_sr_x3_hard_kd"}
+JOBS += (list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
+         + list(DISTILLED_FINAL_JOBS))
 
 
 def copied_job(zoo_id: str) -> str:
@@ -91,7 +99,7 @@ def x2_counterpart(zoo_id: str) -> str | None:
     """The x2 job an x3/x4 job starts from (same kind), None for an x2 job or a later stage of an x3/x4 job (a final
     stage, a hard fine-tune: same scale as the run they start from)."""
     zoo_id = copied_job(zoo_id)
-    if zoo_id in FINAL_STAGE_JOBS or zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
+    if zoo_id in FINAL_STAGE_JOBS or zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS or zoo_id in DISTILLED_FINAL_JOBS:
         return None
     for s in (3, 4):
         if f"_sr_x{s}" in zoo_id:
@@ -101,7 +109,7 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 def steps_of(zoo_id: str) -> int:
     zoo_id = copied_job(zoo_id)
-    if zoo_id in FINAL_STAGE_JOBS:
+    if zoo_id in FINAL_STAGE_JOBS or zoo_id in DISTILLED_FINAL_JOBS:
         return FINAL_STEPS
     if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return HARD_STEPS
@@ -113,7 +121,7 @@ def start_run(zoo_id: str) -> str | None:
     run it fine-tunes; a final stage: the run it continues), None when it starts from a zoo model's first stage."""
     zoo_id = copied_job(zoo_id)
     return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
-            or x2_counterpart(zoo_id))
+            or DISTILLED_FINAL_JOBS.get(zoo_id) or x2_counterpart(zoo_id))
 
 
 def published_run(zoo_id: str) -> str:
@@ -164,6 +172,13 @@ def command(zoo_id: str) -> list[str]:
         copied, teacher = DISTILLED_JOBS[zoo_id]
         return _in_own_folder(command(copied), zoo_id) + [
             "--distill-from", finished_model(published_run(teacher)), "--distill-weight", str(DISTILL_WEIGHT)]
+    if zoo_id in DISTILLED_FINAL_JOBS:  # the continued run's command from its finished weights, FINAL_STEPS at FINAL_LR
+        continued = DISTILLED_FINAL_JOBS[zoo_id]
+        cmd = _in_own_folder(command(continued), zoo_id)
+        for option, value in (("--init-from", finished_model(continued)), ("--steps", str(FINAL_STEPS)),
+                              ("--lr", str(FINAL_LR))):
+            cmd[cmd.index(option) + 1] = value
+        return cmd
     r = RECIPE
     hard = zoo_id in HARD_JOBS
     lr = HARD["lr"] if hard or zoo_id in CONTROL_JOBS else FINAL_LR if zoo_id in FINAL_STAGE_JOBS else r["lr"]

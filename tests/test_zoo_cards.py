@@ -18,7 +18,8 @@ from nsr_edge.runtime.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from train_zoo_long import (  # noqa: E402
-    DISTILLED_JOBS, FINAL_STAGE_JOBS, SEED_JOBS, command, finished_model, published_run)
+    DISTILLED_FINAL_JOBS, DISTILLED_JOBS, FINAL_LR, FINAL_STEPS, FINAL_STAGE_JOBS, SEED_JOBS, command, finished_model,
+    published_run)
 from zoo_cards import budget_hours  # noqa: E402
 
 ZOO = zoo_ids()
@@ -106,6 +107,19 @@ def test_a_distilled_job_is_its_copy_plus_its_scales_soft_teacher():
         assert f"_sr_x{zoo_card(teacher)['scale']}" in job
         teachers[job] = tuple(extra)
     assert teachers["nsr_sr_x2_hard_kd"] == teachers["dense_sr_x2_eqmacs_plus10k_kd"]
+
+
+def test_a_distilled_final_stage_continues_its_run_with_its_options_at_the_final_lr():
+    """Only the run folder, the start (the continued run's finished weights), the steps and the lr differ: same
+    routing options and teacher."""
+    for job, continued in DISTILLED_FINAL_JOBS.items():
+        cmd, base = command(job), command(continued)
+        assert len(cmd) == len(base) and cmd[cmd.index("--out") + 1].endswith(job)
+        changed = {base[i - 1]: (base[i], cmd[i]) for i in range(1, len(cmd)) if cmd[i] != base[i]}
+        assert set(changed) == {"--out", "--init-from", "--steps", "--lr"}
+        assert changed["--init-from"][1] == finished_model(continued)
+        assert (changed["--steps"][1], changed["--lr"][1]) == (str(FINAL_STEPS), str(FINAL_LR))
+        assert "--distill-from" in cmd and "--routing" in cmd
 
 
 def test_a_seed_job_repeats_its_job_with_only_another_seed():
