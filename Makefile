@@ -17,8 +17,12 @@ demo: setup
 # All tests (set-up included): the full toolkit, then runtime/ again in a venv without torch.
 test: test-full test-runtime test-apps
 
+# Test files run in parallel, one worker per CPU (at most 4; pytest-xdist): a whole file per worker, so that a
+# module's fixtures (converted artifacts) are made once. One worker took ~30 min on a slow 2-core machine.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test-full: setup setup-runtime device-test-deps arm-emu compile-deps
-	NSR_EDGE_REQUIRE_ARM_EMU=1 $(PY) -m pytest -q
+	NSR_EDGE_REQUIRE_ARM_EMU=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ARM emulation for --device arm-emu (docs/arm.md): Debian's qemu-user (with TCG plugin support), debootstrap and gcc,
 # then the cached aarch64 root filesystem under ~/.cache/nsr-edge (1.5-3.5 min the first time, ~1 s when ready;
