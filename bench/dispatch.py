@@ -225,7 +225,7 @@ def main() -> int:
     lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
     # which checkpoint each artifact was converted from: a reader of these results can tell a since-republished model
-    sources = {name: load_card(folder).source.sha256 for name, folder in folders.items()}
+    sources = {name: load_card(folder).model.source.sha256 for name, folder in folders.items()}
     (work / "results.json").write_text(json.dumps({"latency": lat, "psnr": psnr, "soft_fp32": soft_fp32,
                                                    "tile": args.tile, "load": [load_before, load_after],
                                                    "sources": sources}, indent=1))
