@@ -30,6 +30,12 @@ from nsr_edge.converters.pipeline import ConvertOptions  # noqa: E402
 from nsr_edge.runtime.card import load_card  # noqa: E402
 from nsr_edge.runtime.profile import time_interleaved  # noqa: E402
 
+def artifact_sources(folders: dict[str, Path]) -> dict[str, str]:
+    """Which checkpoint each artifact was converted from (its card's source sha256): a reader of the results can tell
+    a since-republished model (bench/front_zoo.py refuses those)."""
+    return {name: load_card(folder).model.source.sha256 for name, folder in folders.items()}
+
+
 def eqparams_model() -> str:
     return "dense_sr_x2_eqparams" if (ROOT / "zoo/dense_sr_x2_eqparams/model.pt").is_file() else \
         "runs/zoo/dense_sr_x2_eqparams/last.pt"
@@ -224,8 +230,7 @@ def main() -> int:
                      f"{ratio(name, baseline(name, 'eqP'))} | {ratio(name, baseline(name, 'eqM'))} | " + " | ".join(cells) + " |")
     lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
-    # which checkpoint each artifact was converted from: a reader of these results can tell a since-republished model
-    sources = {name: load_card(folder).model.source.sha256 for name, folder in folders.items()}
+    sources = artifact_sources(folders)
     (work / "results.json").write_text(json.dumps({"latency": lat, "psnr": psnr, "soft_fp32": soft_fp32,
                                                    "tile": args.tile, "load": [load_before, load_after],
                                                    "sources": sources}, indent=1))

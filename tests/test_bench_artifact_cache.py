@@ -63,3 +63,12 @@ def test_convert_unless_current_reuses_a_current_artifact_and_replaces_a_stale_o
     assert convert_unless_current(stale, options, "stale") == stale
     assert "converting stale" in capsys.readouterr().err and is_current(stale)
     assert json.loads((stale / "model.json").read_text())["model"]["source"]["ref"] == "dense_sr_x2_eqmacs"
+
+
+def test_dispatch_results_name_each_artifact_s_source(tmp_path: Path) -> None:
+    """bench/dispatch.py's results.json records the checkpoint each artifact came from (front_zoo.py checks it)."""
+    from bench.dispatch import artifact_sources
+
+    sha = file_sha256(zoo_checkpoint("nsr_sr_x2"))
+    folder = _folder(tmp_path, {"kind": "zoo", "ref": "nsr_sr_x2", "sha256": sha})
+    assert artifact_sources({"NSR soft output-mix FP32": folder}) == {"NSR soft output-mix FP32": sha}
