@@ -39,6 +39,8 @@ models (bench/front_zoo.py scores them).
 `nsr_sr_x3_hard_kd_plus3k` is a final low-lr stage of the distilled x3 hard run (same options and teacher, FINAL_STEPS
 at FINAL_LR): it was tried because that model ended 0.04 dB below FSRCNN on Set5 and gained only +0.004 / +0.017 /
 +0.007 dB (Set5 / Set14 / BSD100, 0.73 CPU-h): not published (docs/zoo_training_status.md).
+`nsr_sr_x3_hard_kd_eqp5k` continues the same run distilled from the dense x3 model of equal parameters (the zoo's
+strongest x3 model, 0.33 dB above the soft NSR teacher on Set5), 5,000 steps at the hard stage's lr.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (the zoo's hard fine-tune options)
 from train_zoo import HARD  # noqa: E402
@@ -81,9 +84,23 @@ SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr
 # Hard models the zoo publishes from their distilled run instead of their own (same steps and recipe plus the soft
 # teacher: +0.03-0.06 dB, docs/front_zoo.md): zoo model -> the distilled job whose run it publishes.
 PUBLISHED_DISTILLED = {"nsr_sr_x2_hard": "nsr_sr_x2_hard_kd", "nsr_sr_x3_hard": "nsr_sr_x3_hard_kd"}
-# Final low-lr stages of a distilled run (its command: same options and teacher, FINAL_STEPS at FINAL_LR from its
-# finished run): the x3 hard model ended 0.04 dB below FSRCNN on Set5. job -> the distilled job it continues.
-DISTILLED_FINAL_JOBS = {"nsr_sr_x3_hard_kd_plus3k": "nsr_sr_x3_hard_kd"}
+
+
+class DistilledFinal(NamedTuple):
+    """A later stage of a distilled run: its command from its finished weights, with these steps and lr, and its own
+    teacher or (teacher None) the run's."""
+    continued: str
+    teacher: str | None
+    steps: int
+    lr: float
+
+
+# Later stages of a distilled run, tried because the x3 hard model ended 0.04 dB below FSRCNN on Set5: a final low-lr
+# stage with the same teacher; a stage distilled from the strongest x3 model, the dense one of equal parameters
+# (its CPU hours join the hard model's budget). job -> DistilledFinal.
+DISTILLED_FINAL_JOBS = {
+    "nsr_sr_x3_hard_kd_plus3k": DistilledFinal("nsr_sr_x3_hard_kd", None, FINAL_STEPS, FINAL_LR),
+    "nsr_sr_x3_hard_kd_eqp5k": DistilledFinal("nsr_sr_x3_hard_kd", "dense_sr_x3_eqparams", 5000, 2e-4)}
 JOBS += (list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
          + list(DISTILLED_FINAL_JOBS))
 
@@ -109,7 +126,9 @@ def x2_counterpart(zoo_id: str) -> str | None:
 
 def steps_of(zoo_id: str) -> int:
     zoo_id = copied_job(zoo_id)
-    if zoo_id in FINAL_STAGE_JOBS or zoo_id in DISTILLED_FINAL_JOBS:
+    if zoo_id in DISTILLED_FINAL_JOBS:
+        return DISTILLED_FINAL_JOBS[zoo_id].steps
+    if zoo_id in FINAL_STAGE_JOBS:
         return FINAL_STEPS
     if zoo_id in HARD_JOBS or zoo_id in CONTROL_JOBS:
         return HARD_STEPS
@@ -121,7 +140,7 @@ def start_run(zoo_id: str) -> str | None:
     run it fine-tunes; a final stage: the run it continues), None when it starts from a zoo model's first stage."""
     zoo_id = copied_job(zoo_id)
     return (HARD_JOBS.get(zoo_id) or CONTROL_JOBS.get(zoo_id) or FINAL_STAGE_JOBS.get(zoo_id)
-            or DISTILLED_FINAL_JOBS.get(zoo_id) or x2_counterpart(zoo_id))
+            or (zoo_id in DISTILLED_FINAL_JOBS and DISTILLED_FINAL_JOBS[zoo_id].continued) or x2_counterpart(zoo_id))
 
 
 def published_run(zoo_id: str) -> str:
@@ -172,11 +191,14 @@ def command(zoo_id: str) -> list[str]:
         copied, teacher = DISTILLED_JOBS[zoo_id]
         return _in_own_folder(command(copied), zoo_id) + [
             "--distill-from", finished_model(published_run(teacher)), "--distill-weight", str(DISTILL_WEIGHT)]
-    if zoo_id in DISTILLED_FINAL_JOBS:  # the continued run's command from its finished weights, FINAL_STEPS at FINAL_LR
-        continued = DISTILLED_FINAL_JOBS[zoo_id]
-        cmd = _in_own_folder(command(continued), zoo_id)
-        for option, value in (("--init-from", finished_model(continued)), ("--steps", str(FINAL_STEPS)),
-                              ("--lr", str(FINAL_LR))):
+    if zoo_id in DISTILLED_FINAL_JOBS:  # the continued run's command from its finished weights, its steps and lr
+        stage = DISTILLED_FINAL_JOBS[zoo_id]
+        cmd = _in_own_folder(command(stage.continued), zoo_id)
+        changes = [("--init-from", finished_model(stage.continued)), ("--steps", str(stage.steps)),
+                   ("--lr", str(stage.lr))]
+        if stage.teacher:
+            changes.append(("--distill-from", finished_model(published_run(stage.teacher))))
+        for option, value in changes:
             cmd[cmd.index(option) + 1] = value
         return cmd
     r = RECIPE

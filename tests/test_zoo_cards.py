@@ -109,17 +109,23 @@ def test_a_distilled_job_is_its_copy_plus_its_scales_soft_teacher():
     assert teachers["nsr_sr_x2_hard_kd"] == teachers["dense_sr_x2_eqmacs_plus10k_kd"]
 
 
-def test_a_distilled_final_stage_continues_its_run_with_its_options_at_the_final_lr():
-    """Only the run folder, the start (the continued run's finished weights), the steps and the lr differ: same
-    routing options and teacher."""
-    for job, continued in DISTILLED_FINAL_JOBS.items():
-        cmd, base = command(job), command(continued)
+def test_a_distilled_later_stage_continues_its_run_with_its_options():
+    """Only the run folder, the start (the continued run's finished weights), the steps, the lr and, where the stage
+    names one, the teacher differ: same routing options."""
+    for job, stage in DISTILLED_FINAL_JOBS.items():
+        cmd, base = command(job), command(stage.continued)
         assert len(cmd) == len(base) and cmd[cmd.index("--out") + 1].endswith(job)
         changed = {base[i - 1]: (base[i], cmd[i]) for i in range(1, len(cmd)) if cmd[i] != base[i]}
-        assert set(changed) == {"--out", "--init-from", "--steps", "--lr"}
-        assert changed["--init-from"][1] == finished_model(continued)
-        assert (changed["--steps"][1], changed["--lr"][1]) == (str(FINAL_STEPS), str(FINAL_LR))
-        assert "--distill-from" in cmd and "--routing" in cmd
+        assert {"--out", "--init-from", "--steps"} <= set(changed) <= {"--out", "--init-from", "--steps", "--lr",
+                                                                       "--distill-from"}
+        value = {option: cmd[cmd.index(option) + 1] for option in ("--init-from", "--steps", "--lr", "--distill-from")}
+        assert value["--init-from"] == finished_model(stage.continued)
+        assert (value["--steps"], value["--lr"]) == (str(stage.steps), str(stage.lr)) and "--routing" in cmd
+        assert ("--distill-from" in changed) == bool(stage.teacher)
+        if stage.teacher:
+            assert value["--distill-from"] == finished_model(published_run(stage.teacher))
+            assert f"_sr_x{zoo_card(stage.teacher)['scale']}" in job
+    assert DISTILLED_FINAL_JOBS["nsr_sr_x3_hard_kd_plus3k"][2:] == (FINAL_STEPS, FINAL_LR)
 
 
 def test_a_seed_job_repeats_its_job_with_only_another_seed():
