@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 from importlib import metadata
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench.artifact_cache import convert_unless_current  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions  # noqa: E402
 from nsr_edge.runtime.card import load_card  # noqa: E402
-from nsr_edge.runtime.profile import time_interleaved  # noqa: E402
+from nsr_edge.runtime.profile import machine, time_interleaved  # noqa: E402
 
 def artifact_sources(folders: dict[str, Path]) -> dict[str, str]:
     """Which checkpoint each artifact was converted from (its card's source sha256): a reader of the results can tell
@@ -155,17 +154,18 @@ def main() -> int:
 
     # ---------------------------------------------------------------- latency: interleaved rounds, one process each
     timed_by = f"bench/dispatch.py {shlex.join(sys.argv[1:])}"
-    rounds, runs_per_round, sched = args.rounds, args.runs_per_round, sched_note()
+    rounds, runs_per_round, sched, timed_on = args.rounds, args.runs_per_round, sched_note(), machine()
     if args.report_only:  # the last timed run, as it was recorded
         saved = json.loads((work / "latency.json").read_text())
         lat = {n: v for n, v in saved["latency"].items() if n in folders}
         (load_before, load_after), timed_by = saved["load"], saved["command"]
         rounds, runs_per_round, sched = saved["rounds"], saved["runs_per_round"], saved["sched"]
+        timed_on = saved.get("machine", "a machine not recorded (latency.json predates the field)")
     elif not args.psnr_only:
         lat, load_before, load_after = time_interleaved(folders, args.rounds, args.runs_per_round)
         (work / "latency.json").write_text(json.dumps(
             {"latency": lat, "load": [load_before, load_after], "command": timed_by, "rounds": rounds,
-             "runs_per_round": runs_per_round, "sched": sched}, indent=1))
+             "runs_per_round": runs_per_round, "sched": sched, "machine": timed_on}, indent=1))
 
     # ---------------------------------------------------------------- accuracy: each set through the deploy tiling
     psnr: dict[str, dict[str, dict]] = {}  # variant -> set -> {"psnr_y", "fp32_model"}
@@ -206,7 +206,7 @@ def main() -> int:
         f"Produced by `{timed_by}`"
         + (f" (timing), then `bench/dispatch.py {shlex.join(sys.argv[1:])}` (this table: accuracy of the same "
            "artifacts, no timing)" if args.report_only else "")
-        + f" on {platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}, "
+        + f"; timed on {timed_on} ({os.cpu_count()} cores), "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the timed rounds{sched}. "
         f"{rounds} interleaved rounds x {runs_per_round} runs per variant, one child process per artifact, "
@@ -233,7 +233,7 @@ def main() -> int:
     sources = artifact_sources(folders)
     (work / "results.json").write_text(json.dumps({"latency": lat, "psnr": psnr, "soft_fp32": soft_fp32,
                                                    "tile": args.tile, "load": [load_before, load_after],
-                                                   "sources": sources}, indent=1))
+                                                   "sources": sources, "machine": timed_on}, indent=1))
     print("\n".join(lines))
     return 0
 

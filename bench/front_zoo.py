@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +265,8 @@ def cmd_report(args) -> int:
          "PTQ, Y-PSNR through the 64 px deploy tiling. Budget: training CPU-hours, every stage (`<=`: a first stage "
          "that recorded wall time only); a distilled run's teacher is the soft `nsr_sr_x2`: counted "
          "in the hard run's budget (its start), not in the dense run's.", "",
-         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}.", "",
+         f"Timed on: {res.get('machine') or 'not recorded (results.json predates the field)'}; "
+         f"{os.cpu_count()} cores (shared).", "",
          "| model | artifact | budget CPU-h | FP32 Set5 / Set14 / BSD100 | FP32 mean | INT8 Set5 / Set14 | INT8 mean "
          "| INT8 ms min | median | on front (FP32 mean / INT8 mean / FP32 Set5 / INT8 Set5) |",
          "|---|---|---:|---|---:|---|---:|---:|---:|---|"]

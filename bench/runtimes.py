@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.artifact_cache import convert_unless_current  # noqa: E402
 from nsr_edge.converters.pipeline import ConvertOptions
 from nsr_edge.runtime.card import artifact_path, load_card
-from nsr_edge.runtime.profile import time_interleaved
+from nsr_edge.runtime.profile import cpu_model, time_interleaved
 
 # (label, target, recipe, strategy) per runtime; hard-routed models get the dispatch targets instead
 SOFT = [("ExecuTorch FP32", "executorch", "fp32", "output-mix"),
@@ -136,16 +136,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["nsr_sr_x2"], help="soft/dense models (every runtime)")
@@ -185,7 +175,7 @@ def main() -> int:
         f"# Cross-runtime table: which runtime for NSR on CPU (SR x2, tile {args.tile}, 1 thread)", "",
         "Written by `bench/runtimes.py`; command:", "",
         "```bash", f".venv/bin/python bench/runtimes.py {shlex.join(sys.argv[1:])}", "```", "",
-        f"Machine: {cpu_name()}, {platform.machine()}, {os.cpu_count()} cores (shared), Python "
+        f"Machine: {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores (shared), Python "
         f"{platform.python_version()}; " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"Load average (1 min) {load_before[0]:.2f} before / {load_after[0]:.2f} after the timed rounds "
         f"(5 min: {load_before[1]:.2f} / {load_after[1]:.2f}).", "",

@@ -67,12 +67,26 @@ def profile_artifact(
     }
 
 
+def cpu_model() -> str:
+    """The processor's name (/proc/cpuinfo's model name on Linux, where platform.processor() is empty): latency
+    figures differ several-fold between CPUs of one architecture (AVX2 vs AVX-512 VNNI), so results name it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """Where a measurement ran, in words: platform, processor, Python."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.machine()} ({cpu}), Python {platform.python_version()}"
+    return f"{platform.system()} {platform.machine()} ({cpu_model()}), Python {platform.python_version()}"
 
 
 def profile_record(result: dict[str, Any]) -> ProfileRecord:
@@ -113,4 +127,4 @@ def time_interleaved(folders: dict[str, Any], rounds: int, runs: int, warmup: in
     return lat, before, after
 
 
-__all__ = ["latency_stats", "profile_artifact", "machine", "profile_record", "time_interleaved"]
+__all__ = ["latency_stats", "profile_artifact", "cpu_model", "machine", "profile_record", "time_interleaved"]

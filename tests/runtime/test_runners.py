@@ -91,3 +91,18 @@ def test_coreml_runner_reads_a_package_folder_and_its_zip(mlpackage, monkeypatch
                 s.time_once(x[:1])
     with RunnerProcess("coreml", str(folder)) as proc:  # as validate runs it: in a child process
         assert np.abs(proc.run(x) - want).max() < 1e-2
+
+
+def test_machine_names_the_processor_from_cpuinfo():
+    """Latency figures differ several-fold between CPUs of one architecture: a measurement's machine names the CPU
+    model (platform.processor() is empty on Linux)."""
+    from pathlib import Path
+
+    from nsr_edge.runtime.profile import cpu_model, machine
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith(("model name", "Hardware"))] if cpuinfo.is_file() else []
+    if names:
+        assert cpu_model() == names[0]
+    assert cpu_model() and f"({cpu_model()})" in machine()
