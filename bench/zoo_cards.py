@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    DISTILLED_JOBS, FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run,
+    DISTILLED_FINAL_JOBS, DISTILLED_JOBS, FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run,
     steps_of)
 
 from nsr_edge import __version__  # noqa: E402
@@ -163,6 +163,12 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict], own: Checkpoint) ->
     final = published_run(job.id)
     if final in DISTILLED_JOBS:  # the job's distilled copy, published in place of its own run
         ours = [run_stage(final, ckpt, f"{kind}, distilled from {DISTILLED_JOBS[final][1]}")]
+    elif final in DISTILLED_FINAL_JOBS:  # the distilled copy, then a later stage of it (``own``: the copy's run)
+        later = DISTILLED_FINAL_JOBS[final]
+        teacher = later.teacher or DISTILLED_JOBS[later.continued][1]
+        ours = [run_stage(later.continued, own, f"{kind}, distilled from {DISTILLED_JOBS[later.continued][1]}"),
+                *teacher_stages(later.teacher),
+                run_stage(final, ckpt, f"distilled from {teacher}, lr {later.lr:g}")]
     elif final == job.id:
         ours = [run_stage(job.id, ckpt, kind)]
     else:  # the job's own run, then its final stage (whose checkpoint is the one published)
@@ -176,6 +182,15 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict], own: Checkpoint) ->
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     _pin_fine_tunes(job.id, replaced_sha256)
     return card
+
+
+def teacher_stages(teacher: str | None) -> list[dict]:
+    """A distillation teacher other than the model a run starts from: every stage of its training, marked as the
+    teacher's, since the student could not have been trained without them (they count in its budget)."""
+    if not teacher:
+        return []
+    return [{"teacher": teacher, **st} for st in json.loads((ZOO_DIR / teacher / "card.json").read_text())
+            .get("training_stages", [])]
 
 
 def _pin_fine_tunes(zoo_id: str, first_sha256: str) -> None:
@@ -242,6 +257,11 @@ def results_table(cards: list[dict], baselines: dict[tuple, list[dict]]) -> str:
                              "to the loss (distillation; the teacher's forward passes are in their CPU-h)" if distilled
                              else "") + "): compare them with the NSR model at equal training budget in "
                   "docs/hard_routing.md.", ""]
+        for c in cards:  # a later stage distilled from another zoo model: say so, its budget counts the teacher
+            if teachers := sorted({st["teacher"] for st in c.get("training_stages") or [] if "teacher" in st}):
+                lines += [f"`{c['id']}` then got a last stage distilled from "
+                          + ", ".join(f"`{t}`" for t in teachers) + " (a stronger model of its scale): its CPU-h count "
+                          "every stage of that teacher's training too.", ""]
     if any("training_stages" in c for c in cards):
         lines += ["Models with two stages were trained as zoo models, then continued with a longer schedule "
                   "(bench/train_zoo_long.py: 48 px patches, cosine from 5e-4); their dense baselines got the same "
@@ -291,9 +311,11 @@ def finished_run(run_id: str) -> Checkpoint:
 def publish_continuation(job) -> dict | None:
     final = published_run(job.id)
     # a final stage is published only on top of its finished start run; a distilled copy replaces the job's own run
-    replaced = final in DISTILLED_JOBS
-    own = finished_run(final if replaced else job.id)
-    ckpt = own if final == job.id or replaced else finished_run(final)
+    # (and a later stage of a distilled copy needs that copy's finished run)
+    first = (DISTILLED_FINAL_JOBS[final].continued if final in DISTILLED_FINAL_JOBS
+             else final if final in DISTILLED_JOBS else job.id)
+    own = finished_run(first)
+    ckpt = own if final == first else finished_run(final)
     results = evaluate_checkpoint(job.id, ckpt)
     card = publish_long(job, ckpt, results, own)
     print(f"{job.id}: " + ", ".join(f"{r['dataset']} {r['psnr_y']:.3f}" for r in results), flush=True)

@@ -56,9 +56,13 @@ def test_card_states_its_whole_budget(zoo_id):
     # A model started from another zoo model (x3/x4 from the x2 body; a hard fine-tune from its soft model) carries
     # that model's stages, so its budget is the whole chain; each stage names the model whose run it was (a chain of
     # two, x2 -> x3 -> x3 hard, keeps the x2 stages' own name).
-    for start_id in {st["model"] for st in stages if "model" in st}:
+    for start_id in {st["model"] for st in stages if "model" in st and "teacher" not in st}:
         start_stages = zoo_card(start_id)["training_stages"]
         assert stages[:len(start_stages)] == [{"model": start_id, **st} for st in start_stages]
+    # A distillation teacher other than the start model: all its stages, marked as the teacher's, in the budget.
+    for teacher_id in {st["teacher"] for st in stages if "teacher" in st}:
+        assert [st for st in stages if st.get("teacher") == teacher_id] == [
+            {"teacher": teacher_id, **st} for st in zoo_card(teacher_id)["training_stages"]]
 
 
 @pytest.mark.parametrize("zoo_id", [z for z in ZOO if zoo_card(z).get("baseline_kind") in ("equal-macs",
