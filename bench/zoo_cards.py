@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_zoo import RUNS, zoo_jobs  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    DISTILLED_FINAL_JOBS, DISTILLED_JOBS, FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command, published_run, start_run,
-    steps_of)
+    DISTILLED_FINAL_JOBS, DISTILLED_JOBS, FINAL_LR, HARD_JOBS, RUNS as LONG_RUNS, command as long_command,
+    published_run, start_run, steps_of)
 
 from nsr_edge import __version__  # noqa: E402
 from nsr_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
