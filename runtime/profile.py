@@ -68,18 +68,13 @@ def profile_artifact(
 
 
 def cpu_model() -> str:
-    """The processor's name (/proc/cpuinfo's model name on Linux, where platform.processor() is empty): latency
-    figures differ several-fold between CPUs of one architecture (AVX2 vs AVX-512 VNNI), so results name it."""
+    """The processor's name as the device description gives it (/proc/cpuinfo; platform.processor() is empty on
+    Linux): latency figures differ several-fold between CPUs of one architecture (AVX2 vs AVX-512 VNNI)."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Hardware")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from .device_info import _read, parse_cpuinfo
+
+    return parse_cpuinfo(_read("/proc/cpuinfo") or "", platform.machine())[0]
 
 
 def machine() -> str:
