@@ -165,10 +165,10 @@ def publish_long(job, ckpt: Checkpoint, results: list[dict], own: Checkpoint) ->
         ours = [run_stage(final, ckpt, f"{kind}, distilled from {DISTILLED_JOBS[final][1]}")]
     elif final in DISTILLED_FINAL_JOBS:  # the distilled copy, then a later stage of it (``own``: the copy's run)
         later = DISTILLED_FINAL_JOBS[final]
-        teacher = later.teacher or DISTILLED_JOBS[later.continued][1]
-        ours = [run_stage(later.continued, own, f"{kind}, distilled from {DISTILLED_JOBS[later.continued][1]}"),
+        first_teacher = DISTILLED_JOBS[later.continued][1]
+        ours = [run_stage(later.continued, own, f"{kind}, distilled from {first_teacher}"),
                 *teacher_stages(later.teacher),
-                run_stage(final, ckpt, f"distilled from {teacher}, lr {later.lr:g}")]
+                run_stage(final, ckpt, f"distilled from {later.teacher or first_teacher}, lr {later.lr:g}")]
     elif final == job.id:
         ours = [run_stage(job.id, ckpt, kind)]
     else:  # the job's own run, then its final stage (whose checkpoint is the one published)
