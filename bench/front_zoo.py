@@ -4,6 +4,8 @@ equal-budget control that makes the hard model's comparison fair.
 
     .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k --compile   # the control (bench run)
     .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k_kd --compile  # its distilled control
+    .venv/bin/python bench/train_zoo_long.py nsr_sr_x2_hard_kd_eqp5k --compile   # both distilled runs, +5k steps
+    .venv/bin/python bench/train_zoo_long.py dense_sr_x2_eqmacs_plus10k_kd_eqp5k --compile  # from the eqP teacher
     .venv/bin/python bench/front_zoo.py runs          # each finished bench run: FP32 eval, INT8 artifact, INT8 Y-PSNR
     bench/quiet_run.sh .venv/bin/python bench/front_zoo.py time --dispatch-work out/issue12/dispatch  # shared latency?
     .venv/bin/python bench/front_zoo.py report --dispatch-work out/issue12/dispatch   # docs/front_zoo.{md,png}
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from front import mark_pareto  # noqa: E402
 from generated_doc import write_keeping_hand_written  # noqa: E402
-from train_zoo_long import RUNS as LONG_RUNS, start_run  # noqa: E402
+from train_zoo_long import DISTILLED_FINAL_JOBS, PUBLISHED_DISTILLED, RUNS as LONG_RUNS, start_run  # noqa: E402
 from zoo_cards import budget_hours  # noqa: E402
 
 
@@ -51,9 +53,14 @@ class BenchRun:
 # The zoo's nsr_sr_x2_hard is the distilled hard fine-tune (bench/train_zoo_long.py PUBLISHED_DISTILLED): its
 # equal-budget control is the dense model given the same steps and teacher; the undistilled control shows what the
 # teacher gives a dense model.
+# The `_eqp5k` pair: both distilled runs continued alike with the stronger teacher the zoo's x3 hard model got (the
+# dense model of equal parameters): does the hard model's lead over its control grow?
 BENCH_RUNS = {
     "dense_sr_x2_eqmacs_plus10k": BenchRun("dense eqM INT8", "dense, equal MACs, +10k steps"),
     "dense_sr_x2_eqmacs_plus10k_kd": BenchRun("dense eqM INT8", "dense, equal MACs, +10k steps distilled"),
+    "dense_sr_x2_eqmacs_plus10k_kd_eqp5k": BenchRun("dense eqM INT8", "dense, equal MACs, distilled, +5k from eqP"),
+    "nsr_sr_x2_hard_kd_eqp5k": BenchRun("NSR hard in-program/block INT8", "NSR hard top-1, +5k distilled from eqP",
+                                        strategy="hard"),
 }
 CONTROL = "dense_sr_x2_eqmacs_plus10k_kd"  # the zoo hard model's equal-budget control
 WORK = ROOT / "runs" / "front_zoo"
@@ -170,8 +177,7 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
         scored = _json(WORK / f"{run_id}.json")
         if not scored or b.shares not in res["latency"]:
             continue
-        start = zoo_card(start_run(run_id))  # the zoo model the run continues: its budget comes first
-        hours = float(budget_hours(start).lstrip("<=")) + (scored["cpu_seconds"] or 0) / 3600
+        hours = bench_run_hours(run_id)
         out.append({"artifact": f"{run_id} INT8", "model": run_id, "kind": b.kind, "form": ARTIFACTS[b.shares][2],
                     "lat": res["latency"][b.shares], "fp32": scored["fp32"], "int8": scored["int8"],
                     "budget": f"<={hours:.2f}", "lat_note": f"same graph as `{b.shares}`" + (
@@ -182,6 +188,24 @@ def rows(dispatch_work: Path) -> tuple[list[dict], dict]:
         r["mean_int8"] = (sum(r["int8"][d] for d in SETS_INT8) / len(SETS_INT8)
                           if all(d in r["int8"] for d in SETS_INT8) else None)
     return out, res
+
+
+def _hours(card: dict) -> float:
+    return float(budget_hours(card).lstrip("<="))
+
+
+def bench_run_hours(run_id: str) -> float:
+    """Every stage behind a scored bench run: the zoo model or bench run it continues, its own CPU seconds and, for a
+    later stage with a teacher of its own, that teacher's budget (the zoo's x3 hard card counts it the same way)."""
+    from nsr_edge.hub import zoo_card
+
+    start = start_run(run_id)
+    published = [m for m in [start, *(m for m, job in PUBLISHED_DISTILLED.items() if job == start)]
+                 if (ROOT / "zoo" / m / "card.json").is_file()]
+    before = _hours(zoo_card(published[0])) if published else bench_run_hours(start)
+    teacher = DISTILLED_FINAL_JOBS[run_id].teacher if run_id in DISTILLED_FINAL_JOBS else None
+    own = _json(WORK / f"{run_id}.json").get("cpu_seconds") or 0
+    return before + own / 3600 + (_hours(zoo_card(teacher)) if teacher else 0.0)
 
 
 def mark_fronts(rs: list[dict]) -> None:
@@ -264,7 +288,8 @@ def cmd_report(args) -> int:
          "`bench/front_zoo.py runs`. FP32: the zoo evaluation (reference protocol; hard models hard top-1). INT8: ExecuTorch/XNNPACK PT2E "
          "PTQ, Y-PSNR through the 64 px deploy tiling. Budget: training CPU-hours, every stage (`<=`: a first stage "
          "that recorded wall time only); a distilled run's teacher is the soft `nsr_sr_x2`: counted "
-         "in the hard run's budget (its start), not in the dense run's.", "",
+         "in the hard run's budget (its start), not in the dense run's; the `_eqp5k` pair's later teacher, the dense "
+         "model of equal parameters, in both.", "",
          f"Timed on: {res.get('machine') or 'not recorded (results.json predates the field)'}; "
          f"{os.cpu_count()} cores (shared).", "",
          "| model | artifact | budget CPU-h | FP32 Set5 / Set14 / BSD100 | FP32 mean | INT8 Set5 / Set14 | INT8 mean "

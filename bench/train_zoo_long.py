@@ -103,7 +103,11 @@ class DistilledFinal(NamedTuple):
 # (its CPU hours join the hard model's budget). job -> DistilledFinal.
 DISTILLED_FINAL_JOBS = {
     "nsr_sr_x3_hard_kd_plus3k": DistilledFinal("nsr_sr_x3_hard_kd", None, FINAL_STEPS, FINAL_LR),
-    "nsr_sr_x3_hard_kd_eqp5k": DistilledFinal("nsr_sr_x3_hard_kd", "dense_sr_x3_eqparams", 5000, 2e-4)}
+    "nsr_sr_x3_hard_kd_eqp5k": DistilledFinal("nsr_sr_x3_hard_kd", "dense_sr_x3_eqparams", 5000, 2e-4),
+    # The x2 front's pair given that same stronger teacher alike (the x2 dense model of equal parameters): does the
+    # hard model's lead over its equal-MACs dense control (within one seed's noise with the soft teacher) grow?
+    **{f"{job}_eqp5k": DistilledFinal(job, "dense_sr_x2_eqparams", 5000, 2e-4)
+       for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd")}}
 JOBS += (list(HARD_JOBS) + list(CONTROL_JOBS) + list(FINAL_STAGE_JOBS) + list(DISTILLED_JOBS) + list(SEED_JOBS)
          + list(DISTILLED_FINAL_JOBS))
 

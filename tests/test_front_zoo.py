@@ -77,3 +77,20 @@ def test_no_bench_run_is_a_run_the_zoo_publishes():
     published = {published_run(zoo_id) for zoo_id, *_ in front_zoo.ARTIFACTS.values()}
     assert not published & set(front_zoo.BENCH_RUNS)
     assert published_run("nsr_sr_x2_hard") in DISTILLED_JOBS and front_zoo.CONTROL in DISTILLED_JOBS
+
+
+def test_a_later_stage_counts_every_stage_before_it_and_its_own_teacher(tmp_path, monkeypatch):
+    """The `_eqp5k` pair: the dense run continues a bench run (whose CPU seconds count), the hard run the zoo's hard
+    model; both add the dense equal-params teacher's budget (as the zoo's x3 hard card does)."""
+    monkeypatch.setattr(front_zoo, "WORK", tmp_path)
+    for run_id, cpu_s in (("dense_sr_x2_eqmacs_plus10k_kd", 3600.0), ("dense_sr_x2_eqmacs_plus10k_kd_eqp5k", 1800.0),
+                          ("nsr_sr_x2_hard_kd_eqp5k", 720.0)):
+        (tmp_path / f"{run_id}.json").write_text(json.dumps({"cpu_seconds": cpu_s}))
+
+    def hours(zoo_id: str) -> float:
+        return float(front_zoo.budget_hours(_zoo_card(zoo_id)).lstrip("<="))
+
+    teacher = hours("dense_sr_x2_eqparams")
+    assert front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k") == pytest.approx(
+        hours("dense_sr_x2_eqmacs") + 1.0 + 0.5 + teacher)
+    assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd_eqp5k") == pytest.approx(hours("nsr_sr_x2_hard") + 0.2 + teacher)

@@ -124,12 +124,16 @@ def test_a_distilled_later_stage_continues_its_run_with_its_options():
                                                                        "--distill-from"}
         value = {option: cmd[cmd.index(option) + 1] for option in ("--init-from", "--steps", "--lr", "--distill-from")}
         assert value["--init-from"] == finished_model(stage.continued)
-        assert (value["--steps"], value["--lr"]) == (str(stage.steps), str(stage.lr)) and "--routing" in cmd
+        assert (value["--steps"], value["--lr"]) == (str(stage.steps), str(stage.lr))
+        assert ("--routing" in cmd) == job.startswith("nsr_")  # a hard run stays hard, a dense control dense
         assert ("--distill-from" in changed) == bool(stage.teacher)
         if stage.teacher:
             assert value["--distill-from"] == finished_model(published_run(stage.teacher))
             assert f"_sr_x{zoo_card(stage.teacher)['scale']}" in job
     assert DISTILLED_FINAL_JOBS["nsr_sr_x3_hard_kd_plus3k"][2:] == (FINAL_STEPS, FINAL_LR)
+    # the x2 front's pair continues alike: same teacher, steps and lr
+    hard, dense = (DISTILLED_FINAL_JOBS[f"{job}_eqp5k"] for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd"))
+    assert hard[1:] == dense[1:]
 
 
 def test_a_seed_job_repeats_its_job_with_only_another_seed():
