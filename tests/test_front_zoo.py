@@ -93,4 +93,5 @@ def test_a_later_stage_counts_every_stage_before_it_and_its_own_teacher(tmp_path
     teacher = hours("dense_sr_x2_eqparams")
     assert front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k") == pytest.approx(
         hours("dense_sr_x2_eqmacs") + 1.0 + 0.5 + teacher)
-    assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd_eqp5k") == pytest.approx(hours("nsr_sr_x2_hard") + 0.2 + teacher)
+    assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd_eqp5k") == pytest.approx(
+        hours("nsr_sr_x2_hard") + 0.2 + teacher)

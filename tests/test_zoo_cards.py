@@ -132,7 +132,8 @@ def test_a_distilled_later_stage_continues_its_run_with_its_options():
             assert f"_sr_x{zoo_card(stage.teacher)['scale']}" in job
     assert DISTILLED_FINAL_JOBS["nsr_sr_x3_hard_kd_plus3k"][2:] == (FINAL_STEPS, FINAL_LR)
     # the x2 front's pair continues alike: same teacher, steps and lr
-    hard, dense = (DISTILLED_FINAL_JOBS[f"{job}_eqp5k"] for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd"))
+    hard, dense = (DISTILLED_FINAL_JOBS[f"{job}_eqp5k"]
+                   for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd"))
     assert hard[1:] == dense[1:]
 
 
