@@ -45,15 +45,17 @@ def test_rows_take_latency_from_dispatch_and_fp32_from_the_cards(tmp_path, monke
 def test_control_shares_the_equal_macs_program_latency(tmp_path, monkeypatch):
     monkeypatch.setattr(front_zoo, "WORK", tmp_path / "work")
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / f"{front_zoo.CONTROL}.json").write_text(json.dumps(
-        {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
-         "cpu_seconds": 1800.0, "steps": 10000}))
+    for run_id in (front_zoo.CONTROL, "dense_sr_x2_eqmacs_plus10k_kd"):  # the control and the run it continues
+        (tmp_path / "work" / f"{run_id}.json").write_text(json.dumps(
+            {"fp32": {"set5": 37.1, "set14": 32.8, "bsd100": 31.7}, "int8": {"set5": 37.05, "set14": 32.75},
+             "cpu_seconds": 1800.0, "steps": 10000}))
     rs, _ = front_zoo.rows(_dispatch_results(tmp_path / "dispatch"))
     control = next(r for r in rs if r["model"] == front_zoo.CONTROL)
     assert control["lat"]["min_ms"] == 1.8 and "same graph" in control["lat_note"]
-    eqm = _zoo_card("dense_sr_x2_eqmacs")
+    eqm, teacher = _zoo_card("dense_sr_x2_eqmacs"), _zoo_card("dense_sr_x2_eqparams")
     assert float(control["budget"].lstrip("<=")) == pytest.approx(
-        sum(st.get("cpu_seconds") or st["train_seconds"] for st in eqm["training_stages"]) / 3600 + 0.5, abs=0.006)
+        sum(st.get("cpu_seconds") or st["train_seconds"] for card in (eqm, teacher) for st in card["training_stages"])
+        / 3600 + 0.5 + 0.5, abs=0.006)
     front_zoo.mark_fronts(rs)
     # the control is as fast as eqM and more accurate (FP32 mean 33.87 vs the card's), so eqM is off that front
     assert control["front_mean_fp32"] and not next(r for r in rs if r["artifact"] == "dense eqM INT8")["front_mean_fp32"]
@@ -71,20 +73,26 @@ def test_results_of_an_earlier_zoo_model_are_refused(tmp_path, monkeypatch):
 
 
 def test_no_bench_run_is_a_run_the_zoo_publishes():
-    """The zoo's hard model is the distilled run: it appears once, as a zoo row, and its control is distilled too."""
-    from train_zoo_long import DISTILLED_JOBS, published_run
+    """The zoo's hard model (the distilled run continued from the equal-params teacher) appears once, as a zoo row; its
+    control is the distilled dense control continued alike, and the earlier stages of both are bench rows."""
+    from train_zoo_long import DISTILLED_FINAL_JOBS, copied_job, published_run
 
     published = {published_run(zoo_id) for zoo_id, *_ in front_zoo.ARTIFACTS.values()}
     assert not published & set(front_zoo.BENCH_RUNS)
-    assert published_run("nsr_sr_x2_hard") in DISTILLED_JOBS and front_zoo.CONTROL in DISTILLED_JOBS
+    hard, control = DISTILLED_FINAL_JOBS[published_run("nsr_sr_x2_hard")], DISTILLED_FINAL_JOBS[front_zoo.CONTROL]
+    assert copied_job(hard.continued) == "nsr_sr_x2_hard"
+    assert copied_job(control.continued) == "dense_sr_x2_eqmacs_plus10k"
+    assert hard[1:] == control[1:]  # same teacher, steps and lr
+    assert {hard.continued, control.continued} <= set(front_zoo.BENCH_RUNS)
 
 
 def test_a_later_stage_counts_every_stage_before_it_and_its_own_teacher(tmp_path, monkeypatch):
-    """The `_eqp5k` pair: the dense run continues a bench run (whose CPU seconds count), the hard run the zoo's hard
-    model; both add the dense equal-params teacher's budget (as the zoo's x3 hard card does)."""
+    """The control continues a bench run (whose CPU seconds count, so it must be scored) and adds its own teacher's
+    budget (the dense equal-params model, as the zoo's hard cards do); the earlier hard run starts from the soft zoo
+    model, its teacher."""
     monkeypatch.setattr(front_zoo, "WORK", tmp_path)
     for run_id, cpu_s in (("dense_sr_x2_eqmacs_plus10k_kd", 3600.0), ("dense_sr_x2_eqmacs_plus10k_kd_eqp5k", 1800.0),
-                          ("nsr_sr_x2_hard_kd_eqp5k", 720.0)):
+                          ("nsr_sr_x2_hard_kd", 720.0)):
         (tmp_path / f"{run_id}.json").write_text(json.dumps({"cpu_seconds": cpu_s}))
 
     def hours(zoo_id: str) -> float:
@@ -93,5 +101,7 @@ def test_a_later_stage_counts_every_stage_before_it_and_its_own_teacher(tmp_path
     teacher = hours("dense_sr_x2_eqparams")
     assert front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k") == pytest.approx(
         hours("dense_sr_x2_eqmacs") + 1.0 + 0.5 + teacher)
-    assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd_eqp5k") == pytest.approx(
-        hours("nsr_sr_x2_hard") + 0.2 + teacher)
+    assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd") == pytest.approx(hours("nsr_sr_x2") + 0.2)  # no own teacher
+    (tmp_path / "dense_sr_x2_eqmacs_plus10k_kd.json").unlink()
+    with pytest.raises(SystemExit, match="dense_sr_x2_eqmacs_plus10k_kd: not scored"):
+        front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k")
