@@ -230,7 +230,10 @@ def plot(rs: list[dict]) -> None:
     panels = [("mean_fp32", "FP32 Y-PSNR, mean of Set5/Set14/BSD100 (dB)"),
               ("mean_int8", "INT8 Y-PSNR, mean of Set5/Set14, 64 px deploy tiles (dB)")]
     colors = {"dense": "tab:blue", "NSR soft": "tab:green", "NSR hard top-1": "tab:orange"}
-    zoom_ms = (1.6, 2.7)  # the equal-MACs cluster (dense, hard NSR, the controls), magnified in an inset
+    # The equal-MACs cluster (dense, hard NSR, the controls), magnified in an inset: around the equal-MACs program's
+    # latency (the machines it ran on differed by up to 4x).
+    eqm_ms = next(r["lat"]["min_ms"] for r in rs if r["artifact"] == "dense eqM INT8")
+    zoom_ms = (0.9 * eqm_ms, 1.2 * eqm_ms)
 
     def draw(ax, pts: list[dict], key: str, label_all: bool) -> None:
         for r in pts:
