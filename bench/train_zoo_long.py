@@ -85,7 +85,9 @@ DISTILLED_JOBS = {"nsr_sr_x2_hard_kd": ("nsr_sr_x2_hard", "nsr_sr_x2"),
                   "nsr_sr_x3_hard_kd": ("nsr_sr_x3_hard", "nsr_sr_x3")}
 DISTILL_WEIGHT = 1.0
 # Second seeds of a comparison whose margin is below one seed's noise: job -> (the job it repeats, its --seed).
-SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd")}
+# (The `_eqp5k` pair's seed-1 runs repeat only that last stage, from the same seed-0 start: its own noise.)
+SEED_JOBS = {f"{job}_seed1": (job, 1) for job in ("nsr_sr_x2_hard_kd", "dense_sr_x2_eqmacs_plus10k_kd",
+                                                   "nsr_sr_x2_hard_kd_eqp5k", "dense_sr_x2_eqmacs_plus10k_kd_eqp5k")}
 # Hard models the zoo publishes from their distilled run instead of their own (same steps and recipe plus the soft
 # teacher: +0.03-0.06 dB, docs/front_zoo.md; then the later stage distilled from the dense equal-params model, which
 # lifted x3 above FSRCNN on Set5 and x2 clear of its equally continued dense control): zoo model -> the distilled job
