@@ -236,14 +236,21 @@ def plot(rs: list[dict]) -> None:
     zoom_ms = (0.9 * eqm_ms, 1.2 * eqm_ms)
 
     def draw(ax, pts: list[dict], key: str, label_all: bool) -> None:
-        for r in pts:
+        placed: list[float] = []  # heights (points) of the labels drawn so far, top down
+        for r in sorted(pts, key=lambda r: -_q(r, key)):
             color = next(c for k, c in colors.items() if r["kind"].startswith(k))
             marker = "s" if "dispatch" in r["form"] else "^" if "routing inside" in r["form"] else "o"
             ax.scatter(r["lat"]["min_ms"], _q(r, key), marker=marker, color=color, s=45, zorder=3)
             if label_all or not zoom_ms[0] <= r["lat"]["min_ms"] <= zoom_ms[1]:
                 below = "dispatch" in r["form"]  # the hard model's two artifacts sit side by side: labels apart
+                dy = -9 if below else 3
+                if label_all:  # the inset (limits set): points a few hundredths of a dB apart, stack their labels
+                    y_pt = ax.transData.transform((r["lat"]["min_ms"], _q(r, key)))[1] * 72 / fig.dpi + dy
+                    while any(abs(y_pt - p) < 7 for p in placed):
+                        y_pt, dy = y_pt - 7, dy - 7
+                    placed.append(y_pt)
                 ax.annotate(r["model"] + (" (dispatch)" if below else ""), (r["lat"]["min_ms"], _q(r, key)),
-                            fontsize=7, xytext=(4, -9 if below else 3), textcoords="offset points")
+                            fontsize=6 if label_all else 7, xytext=(4, dy), textcoords="offset points")
         front = sorted((r for r in pts if r[f"front_{key}"]), key=lambda r: r["lat"]["min_ms"])
         ax.plot([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], "k--", lw=1, zorder=2)
         ax.scatter([r["lat"]["min_ms"] for r in front], [_q(r, key) for r in front], s=180, facecolors="none",
@@ -258,10 +265,10 @@ def plot(rs: list[dict]) -> None:
         near = [_q(r, key) for r in pts if zoom_ms[0] <= r["lat"]["min_ms"] <= zoom_ms[1]]
         if len(near) > 1:
             inset = ax.inset_axes([0.55, 0.42, 0.43, 0.45])  # upper right: empty
-            draw(inset, pts, key, label_all=True)
             pad = (max(near) - min(near)) * 0.15
             inset.set_xlim(*zoom_ms)
             inset.set_ylim(min(near) - pad, max(near) + pad)
+            draw(inset, pts, key, label_all=True)
             inset.tick_params(labelsize=7)
             inset.grid(alpha=0.3)
             ax.indicate_inset_zoom(inset, edgecolor="0.5")
@@ -271,7 +278,7 @@ def plot(rs: list[dict]) -> None:
                Line2D([], [], marker="s", ls="", color="tab:orange", label="NSR hard, host dispatch"),
                Line2D([], [], ls="--", marker="o", mfc="none", ms=12, color="k", label="Pareto front (ringed)")]
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles))
-    fig.suptitle("SR x2 zoo models (1-3 CPU-hours each): Y-PSNR vs measured INT8 latency")
+    fig.suptitle("SR x2 zoo models and equal-budget controls: Y-PSNR vs measured INT8 latency")
     fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     fig.savefig(PNG, dpi=110)
 
