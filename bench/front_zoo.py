@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from front import mark_pareto  # noqa: E402
 from generated_doc import write_keeping_hand_written  # noqa: E402
-from train_zoo_long import DISTILLED_FINAL_JOBS, PUBLISHED_DISTILLED, RUNS as LONG_RUNS, start_run  # noqa: E402
+from train_zoo_long import (  # noqa: E402
+    DISTILLED_FINAL_JOBS, PUBLISHED_DISTILLED, RUNS as LONG_RUNS, copied_job, start_run)
 from zoo_cards import budget_hours  # noqa: E402
 
 
@@ -62,6 +63,10 @@ BENCH_RUNS = {
     "dense_sr_x2_eqmacs_plus10k_kd_eqp5k": BenchRun("dense eqM INT8", "dense, equal MACs, distilled, +5k from eqP"),
     "nsr_sr_x2_hard_kd": BenchRun("NSR hard in-program/block INT8", "NSR hard top-1, +10k distilled",
                                   strategy="hard"),
+    # the last stage of the comparison repeated with another seed (same start): that stage's noise
+    "dense_sr_x2_eqmacs_plus10k_kd_eqp5k_seed1": BenchRun("dense eqM INT8", "dense, equal MACs, +5k from eqP, seed 1"),
+    "nsr_sr_x2_hard_kd_eqp5k_seed1": BenchRun("NSR hard in-program/block INT8", "NSR hard top-1, +5k from eqP, seed 1",
+                                              strategy="hard"),
 }
 CONTROL = "dense_sr_x2_eqmacs_plus10k_kd_eqp5k"  # the zoo hard model's equal-budget control
 WORK = ROOT / "runs" / "front_zoo"
@@ -204,7 +209,8 @@ def bench_run_hours(run_id: str) -> float:
     published = [m for m in [start, *(m for m, job in PUBLISHED_DISTILLED.items() if job == start)]
                  if (ROOT / "zoo" / m / "card.json").is_file()]
     before = _hours(zoo_card(published[0])) if published else bench_run_hours(start)
-    teacher = DISTILLED_FINAL_JOBS[run_id].teacher if run_id in DISTILLED_FINAL_JOBS else None
+    job = copied_job(run_id)  # a seed repeat: the job it repeats
+    teacher = DISTILLED_FINAL_JOBS[job].teacher if job in DISTILLED_FINAL_JOBS else None
     if (own := _json(WORK / f"{run_id}.json").get("cpu_seconds")) is None:
         raise SystemExit(f"{run_id}: not scored, its CPU seconds unknown (bench/front_zoo.py runs)")
     return before + own / 3600 + (_hours(zoo_card(teacher)) if teacher else 0.0)

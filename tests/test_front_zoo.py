@@ -102,6 +102,9 @@ def test_a_later_stage_counts_every_stage_before_it_and_its_own_teacher(tmp_path
     assert front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k") == pytest.approx(
         hours("dense_sr_x2_eqmacs") + 1.0 + 0.5 + teacher)
     assert front_zoo.bench_run_hours("nsr_sr_x2_hard_kd") == pytest.approx(hours("nsr_sr_x2") + 0.2)  # no own teacher
+    (tmp_path / "dense_sr_x2_eqmacs_plus10k_kd_eqp5k_seed1.json").write_text(json.dumps({"cpu_seconds": 1800.0}))
+    assert front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k_seed1") == pytest.approx(
+        front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k"))  # a seed repeat: the same stages
     (tmp_path / "dense_sr_x2_eqmacs_plus10k_kd.json").unlink()
     with pytest.raises(SystemExit, match="dense_sr_x2_eqmacs_plus10k_kd: not scored"):
         front_zoo.bench_run_hours("dense_sr_x2_eqmacs_plus10k_kd_eqp5k")
