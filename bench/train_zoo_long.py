@@ -44,8 +44,9 @@ strongest x3 model, 0.33 dB above the soft NSR teacher on Set5), 5,000 steps at 
 28.592 (+0.068 / +0.044 / +0.026 dB), above FSRCNN on all three sets; the zoo's `nsr_sr_x3_hard` publishes it, with the
 teacher's stages in its budget. The x2 front's pair got the same stage alike (`nsr_sr_x2_hard_kd_eqp5k`,
 `dense_sr_x2_eqmacs_plus10k_kd_eqp5k`): hard 37.122 / 32.794 / 31.661 (+0.044 dB mean), dense 37.067 / 32.786 / 31.652
-(+0.030), so the hard model's lead over its control grew from +0.009 to +0.024 dB (FP32 mean; INT8 mean +0.043);
-the zoo's `nsr_sr_x2_hard` publishes it (docs/front_zoo.md).
+(+0.030), so the hard model's lead over its control grew from +0.011 to +0.024 dB (FP32 mean; INT8 mean +0.043;
+with `--seed 1` for that stage, `<job>_seed1`: +0.031 / +0.035); the zoo's `nsr_sr_x2_hard` publishes it
+(docs/front_zoo.md).
 """
 
 from __future__ import annotations
