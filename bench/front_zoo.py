@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from front import mark_pareto  # noqa: E402
 from generated_doc import write_keeping_hand_written  # noqa: E402
 from train_zoo_long import (  # noqa: E402
-    DISTILLED_FINAL_JOBS, PUBLISHED_DISTILLED, RUNS as LONG_RUNS, copied_job, start_run)
+    DISTILLED_FINAL_JOBS, RUNS as LONG_RUNS, copied_job, published_run, start_run)
 from zoo_cards import budget_hours  # noqa: E402
 
 
@@ -206,8 +206,8 @@ def bench_run_hours(run_id: str) -> float:
     from nsr_edge.hub import zoo_card
 
     start = start_run(run_id)
-    published = [m for m in [start, *(m for m, job in PUBLISHED_DISTILLED.items() if job == start)]
-                 if (ROOT / "zoo" / m / "card.json").is_file()]
+    published = [card.parent.name for card in sorted((ROOT / "zoo").glob("*/card.json"))
+                 if published_run(card.parent.name) == start]  # the zoo model whose run it is, if any
     before = _hours(zoo_card(published[0])) if published else bench_run_hours(start)
     job = copied_job(run_id)  # a seed repeat: the job it repeats
     teacher = DISTILLED_FINAL_JOBS[job].teacher if job in DISTILLED_FINAL_JOBS else None
